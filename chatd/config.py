@@ -1,0 +1,191 @@
+"""Server configuration: a frozen, validated dataclass built once at start-up.
+
+Sources, later ones winning: built-in defaults, a TOML file (``--config``), command-line flags.
+Unknown keys and bad values raise :class:`ConfigError` naming the offending key, so a typo
+stops start-up instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config key is unknown or its value is invalid; the message names the key."""
+
+
+def _positive(key: str, value: float) -> None:
+    if not (value > 0 and math.isfinite(value)):
+        raise ConfigError(f"{key}: must be a positive number, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    listen: str = "127.0.0.1:8080"
+    data: str = "./var/chatd"
+    shard: str = ""
+    public_url: str = ""
+    allowed_origins: tuple[str, ...] = ()
+    drain_timeout: float = 10.0
+    header_timeout: float = 10.0
+    keepalive_timeout: float = 60.0
+    hello_timeout: float = 10.0
+    max_connections: int = 19000
+
+    @property
+    def host(self) -> str:
+        return self.listen.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+    def validate(self) -> None:
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError(f"server.listen: expected HOST:PORT, got {self.listen!r}")
+        if self.public_url and not self.public_url.startswith(("http://", "https://")):
+            raise ConfigError(f"server.public_url: must start with http:// or https://")
+        for key in ("drain_timeout", "header_timeout", "keepalive_timeout", "hello_timeout"):
+            _positive(f"server.{key}", getattr(self, key))
+        _positive("server.max_connections", self.max_connections)
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    send_rate: float = 20.0
+    send_burst: int = 100
+    login_rate: float = 0.05
+    login_burst: int = 5
+    signup_rate: float = 0.05
+    signup_burst: int = 5
+    max_sessions_per_user: int = 10
+    max_group_members: int = 100
+    max_body_chars: int = 100_000
+    max_frame_bytes: int = 1 << 20
+    max_request_body: int = 1 << 20
+    outbound_queue_bytes: int = 1 << 20
+
+    def validate(self) -> None:
+        for f in fields(self):
+            _positive(f"limits.{f.name}", getattr(self, f.name))
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    map_size: int = 64 << 20
+    max_map_size: int = 1 << 40
+    sync: bool = True
+    max_batch: int = 1000
+
+    def validate(self) -> None:
+        for key in ("map_size", "max_map_size", "max_batch"):
+            _positive(f"storage.{key}", getattr(self, key))
+        if self.max_map_size < self.map_size:
+            raise ConfigError("storage.max_map_size: must be >= storage.map_size")
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    token_ttl_days: float = 30.0
+    # OWASP's argon2id baseline: m=19 MiB, t=2, p=1.
+    argon2_memory_kib: int = 19456
+    argon2_time_cost: int = 2
+    argon2_parallelism: int = 1
+    hash_threads: int = 2
+    max_pending_hashes: int = 256
+
+    def validate(self) -> None:
+        for f in fields(self):
+            _positive(f"security.{f.name}", getattr(self, f.name))
+        # OWASP's equivalent settings trade memory for passes (m=7 MiB t=5 ... m=46 MiB t=1).
+        if self.argon2_memory_kib * self.argon2_time_cost < 7168 * 5:
+            raise ConfigError(
+                "security.argon2_memory_kib: argon2_memory_kib * argon2_time_cost must be at "
+                "least 35840 (OWASP's minimum for argon2id)"
+            )
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+
+    def validate(self) -> Config:
+        for f in fields(self):
+            getattr(self, f.name).validate()
+        return self
+
+    def replace(self, section: str, **changes: Any) -> Config:
+        """A copy with some keys of one section changed, validated."""
+        new = dataclasses.replace(getattr(self, section), **changes)
+        return dataclasses.replace(self, **{section: new}).validate()
+
+
+def _coerce(key: str, want: Any, value: Any) -> Any:
+    """Check a TOML value against the dataclass field's type; ints widen to floats."""
+    if want in ("float", float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if want in ("int", int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if want in ("bool", bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if want in ("str", str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    if str(want).startswith("tuple[str"):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
+        return tuple(value)
+    raise ConfigError(f"{key}: unsupported type")  # pragma: no cover
+
+
+def from_mapping(data: dict[str, Any], base: Config | None = None) -> Config:
+    """Build a validated Config from a TOML-shaped mapping, refusing unknown keys."""
+    config = base or Config()
+    sections = {f.name: f for f in fields(Config)}
+    for section, values in data.items():
+        if section not in sections:
+            raise ConfigError(f"{section}: unknown config section")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{section}: expected a table")
+        current = getattr(config, section)
+        known = {f.name: f.type for f in fields(current)}
+        changes = {}
+        for key, value in values.items():
+            if key not in known:
+                raise ConfigError(f"{section}.{key}: unknown config key")
+            changes[key] = _coerce(f"{section}.{key}", known[key], value)
+        config = dataclasses.replace(config, **{section: dataclasses.replace(current, **changes)})
+    return config.validate()
+
+
+def load(path: str | Path | None = None, **overrides: Any) -> Config:
+    """Read the TOML file at ``path`` (if any) and apply ``server`` overrides from the CLI."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from exc
+    server = {k: v for k, v in overrides.items() if v is not None}
+    if server:
+        data.setdefault("server", {}).update(server)
+    return from_mapping(data)

@@ -1,0 +1,48 @@
+"""Key and value encodings.
+
+Keys are ``prefix + b"\\x00" + suffix``. Prefixes (user ids, channel ids) never contain NUL, so
+all keys of one prefix sort together and a range scan over them is ordered; integer suffixes are
+8-byte big-endian so byte order equals numeric order. Values are msgpack.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+SEP = b"\x00"
+_INT_BYTES = 8
+
+
+def prefix(name: str) -> bytes:
+    """The key prefix shared by every record under ``name`` (a user or channel id)."""
+    raw = name.encode()
+    if SEP in raw:
+        raise ValueError(f"NUL byte in key prefix {name!r}")
+    return raw + SEP
+
+
+def int_key(name: str, number: int) -> bytes:
+    """``name`` + big-endian ``number``: orders by name, then numerically."""
+    return prefix(name) + number.to_bytes(_INT_BYTES, "big")
+
+
+def int_suffix(key: bytes) -> int:
+    return int.from_bytes(key[-_INT_BYTES:], "big")
+
+
+def str_key(name: str, suffix: str) -> bytes:
+    return prefix(name) + suffix.encode()
+
+
+def str_suffix(key: bytes) -> str:
+    return key[key.index(SEP) + 1 :].decode()
+
+
+def pack(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def unpack(raw: bytes) -> Any:
+    return msgpack.unpackb(raw, raw=False)

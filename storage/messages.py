@@ -1,0 +1,140 @@
+"""Transaction functions for channels, messages, per-user inboxes and send refs.
+
+A channel's last msg_id and a user's inbox head are not stored separately: each is the last key
+under its prefix, found with one cursor step, so there is no counter to keep in step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from storage.codec import int_key, int_suffix, pack, prefix, str_key, unpack
+from storage.env import Txn
+
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    channel: str
+    msg_id: int
+    sender: str
+    body: str
+    ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class InboxEntry:
+    seq: int
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """What one send stored: the sender's ack and each member's new inbox seq."""
+
+    ack: dict[str, Any]
+    message: Message
+    inbox: dict[str, int]
+    duplicate: bool
+
+
+def _after_prefix(name: str) -> bytes:
+    """The smallest key above every key under ``name`` (NUL is the separator, so use 0x01)."""
+    return prefix(name)[:-1] + b"\x01"
+
+
+def last_id(txn: Txn, db: str, name: str) -> int:
+    """The highest integer suffix stored under ``name`` in ``db`` (0 if none)."""
+    cursor = txn.cursor(db)
+    ok = cursor.prev() if cursor.set_range(_after_prefix(name)) else cursor.last()
+    if ok and cursor.key().startswith(prefix(name)):
+        return int_suffix(cursor.key())
+    return 0
+
+
+def get_message(txn: Txn, channel: str, msg_id: int) -> Message | None:
+    raw = txn.get("messages", int_key(channel, msg_id))
+    if raw is None:
+        return None
+    rec = unpack(raw)
+    return Message(channel, msg_id, rec["from"], rec["body"], rec["ts"])
+
+
+def get_ref(txn: Txn, user_id: str, ref: str) -> dict[str, Any] | None:
+    raw = txn.get("refs", str_key(user_id, ref))
+    return None if raw is None else unpack(raw)
+
+
+def append_message(
+    txn: Txn, *, sender: str, ref: str, channel: str, members: list[str], body: str, ts: int
+) -> Appended:
+    """Store one message and an inbox entry for every member, or replay the ack for ``ref``."""
+    ack = get_ref(txn, sender, ref)
+    if ack is not None:
+        msg = get_message(txn, ack["channel"], ack["msg_id"])
+        assert msg is not None
+        return Appended(ack, msg, {}, duplicate=True)
+    msg_id = last_id(txn, "messages", channel) + 1
+    txn.put("messages", int_key(channel, msg_id), pack({"from": sender, "body": body, "ts": ts}))
+    inbox = {}
+    for user in members:
+        seq = last_id(txn, "inboxes", user) + 1
+        txn.put("inboxes", int_key(user, seq), pack([channel, msg_id]))
+        inbox[user] = seq
+    ack = {"channel": channel, "msg_id": msg_id, "ts": ts, "inbox": inbox[sender]}
+    txn.put("refs", str_key(sender, ref), pack(ack))
+    return Appended(ack, Message(channel, msg_id, sender, body, ts), inbox, duplicate=False)
+
+
+def read_inbox(txn: Txn, user_id: str, after: int, limit: int) -> list[InboxEntry]:
+    """Inbox entries with seq > ``after``, ascending, at most ``limit``."""
+    start, end = int_key(user_id, after + 1), prefix(user_id)
+    out: list[InboxEntry] = []
+    cursor = txn.cursor("inboxes")
+    if not cursor.set_range(start):
+        return out
+    for key, value in cursor:
+        if not key.startswith(end) or len(out) >= limit:
+            break
+        channel, msg_id = unpack(value)
+        msg = get_message(txn, channel, msg_id)
+        if msg is not None:
+            out.append(InboxEntry(int_suffix(key), msg))
+    return out
+
+
+def read_channel(
+    txn: Txn, channel: str, *, before: int | None, after: int | None, limit: int
+) -> list[Message]:
+    """A page of a channel, ascending by msg_id.
+
+    With ``after``: the first ``limit`` messages above it. Otherwise the last ``limit`` messages
+    below ``before`` (or the newest page).
+    """
+    pre = prefix(channel)
+    cursor = txn.cursor("messages")
+    rows: list[tuple[bytes, bytes]] = []
+    if after is not None:
+        if cursor.set_range(int_key(channel, after + 1)):
+            for key, value in cursor:
+                if not key.startswith(pre) or len(rows) >= limit:
+                    break
+                if before is not None and int_suffix(key) >= before:
+                    break
+                rows.append((key, value))
+    else:
+        seek = _after_prefix(channel) if before is None else int_key(channel, before)
+        ok = cursor.prev() if cursor.set_range(seek) else cursor.last()
+        while ok and len(rows) < limit:
+            key = cursor.key()
+            if not key.startswith(pre):
+                break
+            rows.append((key, cursor.value()))
+            ok = cursor.prev()
+        rows.reverse()
+    out = []
+    for key, value in rows:
+        rec = unpack(value)
+        out.append(Message(channel, int_suffix(key), rec["from"], rec["body"], rec["ts"]))
+    return out

@@ -1,0 +1,129 @@
+"""The typed storage API the server calls."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import trio
+
+from storage import accounts, messages
+from storage.committer import Committer
+from storage.env import Env
+from storage.messages import Appended, InboxEntry, Message
+
+
+class Store:
+    """One LMDB environment plus its group committer.
+
+    Reads are synchronous and cheap; writes are ``async`` and return once durable. Start the
+    committer with ``await nursery.start(store.run)`` and call :meth:`close` to drain it.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        map_size: int = 64 << 20,
+        max_map_size: int = 1 << 40,
+        sync: bool = True,
+        max_batch: int = 1000,
+    ) -> None:
+        self.env = Env(path, map_size=map_size, max_map_size=max_map_size, sync=sync)
+        self.committer = Committer(self.env, max_batch=max_batch)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the committer until :meth:`close`; then close the environment."""
+        try:
+            await self.committer.run(task_status=task_status)
+        finally:
+            self.env.close()
+
+    def close(self) -> None:
+        self.committer.close()
+
+    def _read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        with self.env.read() as txn:
+            return fn(txn, *args, **kwargs)
+
+    # -- accounts and tokens
+    def account(self, user_id: str) -> dict[str, Any] | None:
+        return self._read(accounts.get_account, user_id)  # type: ignore[no-any-return]
+
+    async def create_account(self, user_id: str, record: dict[str, Any]) -> None:
+        await self.committer.write(partial(accounts.create_account, user_id=user_id, record=record))
+
+    async def update_account(self, user_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+        return await self.committer.write(
+            partial(accounts.update_account, user_id=user_id, changes=changes)
+        )
+
+    def token(self, digest: bytes) -> dict[str, Any] | None:
+        return self._read(accounts.get_token, digest)  # type: ignore[no-any-return]
+
+    async def put_token(self, digest: bytes, user_id: str, expires_at: int) -> None:
+        await self.committer.write(
+            partial(accounts.put_token, digest=digest, user_id=user_id, expires_at=expires_at)
+        )
+
+    async def delete_token(self, digest: bytes) -> bool:
+        return await self.committer.write(partial(accounts.delete_token, digest=digest))
+
+    # -- friends
+    def friends(self, user_id: str) -> list[tuple[str, str]]:
+        return self._read(accounts.list_friends, user_id)  # type: ignore[no-any-return]
+
+    def friend_state(self, user_id: str, other: str) -> str | None:
+        return self._read(accounts.friend_state, user_id, other)  # type: ignore[no-any-return]
+
+    async def request_friend(self, user_id: str, other: str) -> str:
+        return await self.committer.write(
+            partial(accounts.request_friend, user_id=user_id, other=other)
+        )
+
+    async def remove_friend(self, user_id: str, other: str) -> None:
+        await self.committer.write(partial(accounts.remove_friend, user_id=user_id, other=other))
+
+    # -- messages and inboxes
+    async def append_message(
+        self,
+        *,
+        sender: str,
+        ref: str,
+        channel: str,
+        members: list[str],
+        body: str,
+        ts: int,
+        after_commit: Callable[[Appended], None] | None = None,
+    ) -> Appended:
+        """Store a message with one inbox entry per member, atomically; idempotent per ref.
+
+        ``after_commit`` runs on the event loop in commit order (see storage/committer.py).
+        """
+        fn = partial(
+            messages.append_message,
+            sender=sender,
+            ref=ref,
+            channel=channel,
+            members=members,
+            body=body,
+            ts=ts,
+        )
+        return await self.committer.write(fn, after_commit)
+
+    def inbox_head(self, user_id: str) -> int:
+        return self._read(messages.last_id, "inboxes", user_id)  # type: ignore[no-any-return]
+
+    def inbox(self, user_id: str, after: int, limit: int) -> list[InboxEntry]:
+        return self._read(messages.read_inbox, user_id, after, limit)  # type: ignore[no-any-return]
+
+    def channel_last_id(self, channel: str) -> int:
+        return self._read(messages.last_id, "messages", channel)  # type: ignore[no-any-return]
+
+    def channel_page(
+        self, channel: str, *, before: int | None = None, after: int | None = None, limit: int = 50
+    ) -> list[Message]:
+        return self._read(  # type: ignore[no-any-return]
+            messages.read_channel, channel, before=before, after=after, limit=limit
+        )
