@@ -50,7 +50,7 @@ class ServerConfig:
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ConfigError(f"server.listen: expected HOST:PORT, got {self.listen!r}")
         if self.public_url and not self.public_url.startswith(("http://", "https://")):
-            raise ConfigError(f"server.public_url: must start with http:// or https://")
+            raise ConfigError("server.public_url: must start with http:// or https://")
         for key in ("drain_timeout", "header_timeout", "keepalive_timeout", "hello_timeout"):
             _positive(f"server.{key}", getattr(self, key))
         _positive("server.max_connections", self.max_connections)

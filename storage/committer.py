@@ -4,7 +4,7 @@ Callers hand an :class:`~storage.env.Op` to :meth:`Committer.write` and wait. On
 takes everything queued (up to ``max_batch``), runs the whole batch in one write transaction
 in a worker thread (``trio.to_thread.run_sync``: the fsync never stalls the event loop, and the
 transaction lives and dies in that one thread), then, back on the loop thread and in commit
-order, runs each op's ``after_commit`` hook and wakes its caller. While one batch syncs, the
+order, runs each op's ``on_done`` hook (which wakes an awaiting caller). While one batch syncs, the
 next one queues up, so batch size grows with load by itself.
 
 Running the hooks in the writer task, in order, is what makes delivery order equal commit order
@@ -41,15 +41,34 @@ class Committer:
 
         If the caller is cancelled after queueing, the op still commits and its hook still runs.
         """
-        op = Op(fn, after_commit, done=trio.Event())
+        done = trio.Event()
+
+        def finished(op: Op) -> None:
+            try:
+                if op.error is None and after_commit is not None:
+                    after_commit(op.result)
+            finally:
+                done.set()
+
+        op = Op(fn, finished)
         try:
             await self._send.send(op)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise StorageUnavailable("storage is shutting down") from None
-        await op.done.wait()
+        await done.wait()
         if op.error is not None:
             raise op.error
         return op.result  # type: ignore[no-any-return]
+
+    def submit(self, fn: Callable[[Txn], Any], on_done: Callable[[Op], None]) -> None:
+        """Queue ``fn`` without waiting; ``on_done(op)`` runs after its batch, in commit order.
+
+        Raises ``trio.WouldBlock`` when the queue is full and StorageUnavailable when closed.
+        """
+        try:
+            self._send.send_nowait(Op(fn, on_done))
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise StorageUnavailable("storage is shutting down") from None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The writer loop; returns after :meth:`close` once the queue is drained."""
@@ -81,12 +100,10 @@ class Committer:
         self.batches += 1
         self.ops += len(batch)
         for op in batch:
-            if op.error is None and op.after_commit is not None:
-                try:
-                    op.after_commit(op.result)
-                except Exception:  # a bug in one hook must not strand the other callers
-                    log.exception("after-commit hook failed")
-            op.done.set()
+            try:
+                op.on_done(op)
+            except Exception:  # a bug in one hook must not strand the other callers
+                log.exception("after-commit hook failed")
 
     def close(self) -> None:
         """Stop taking writes; :meth:`run` finishes what is queued, then returns."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import lmdb
@@ -40,7 +40,7 @@ class Txn:
         self._dbs = dbs
 
     def get(self, db: str, key: bytes) -> bytes | None:
-        return self.raw.get(key, db=self._dbs[db])
+        return self.raw.get(key, db=self._dbs[db])  # type: ignore[return-value]
 
     def put(self, db: str, key: bytes, value: bytes, *, overwrite: bool = True) -> bool:
         return self.raw.put(key, value, db=self._dbs[db], overwrite=overwrite)
@@ -48,19 +48,20 @@ class Txn:
     def delete(self, db: str, key: bytes) -> bool:
         return self.raw.delete(key, db=self._dbs[db])
 
-    def cursor(self, db: str) -> lmdb.Cursor:
+    def cursor(self, db: str) -> Any:
+        """An ``lmdb.Cursor`` (typed Any: with ``buffers=False`` keys and values are bytes)."""
         return self.raw.cursor(db=self._dbs[db])
 
 
 @dataclass
 class Op:
-    """One caller's write: ``fn(txn)`` runs inside the shared batch transaction."""
+    """One caller's write: ``fn(txn)`` runs inside the shared batch transaction; ``on_done(op)``
+    runs on the event loop once the batch is committed (or failed)."""
 
     fn: Callable[[Txn], Any]
-    after_commit: Callable[[Any], None] | None = None
+    on_done: Callable[[Op], None]
     result: Any = None
     error: BaseException | None = None
-    done: Any = field(default=None, repr=False)
 
 
 class MapFull(StorageError):

@@ -13,7 +13,6 @@ from storage.codec import int_key, int_suffix, pack, prefix, str_key, unpack
 from storage.env import Txn
 
 
-
 @dataclass(frozen=True, slots=True)
 class Message:
     channel: str

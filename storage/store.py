@@ -112,6 +112,30 @@ class Store:
         )
         return await self.committer.write(fn, after_commit)
 
+    def submit_message(
+        self,
+        *,
+        sender: str,
+        ref: str,
+        channel: str,
+        members: list[str],
+        body: str,
+        ts: int,
+        on_done: Callable[[Appended | None, BaseException | None], None],
+    ) -> None:
+        """:meth:`append_message` without waiting: ``on_done(result, error)`` runs after commit,
+        on the event loop, in commit order. Raises ``trio.WouldBlock`` if the queue is full."""
+        fn = partial(
+            messages.append_message,
+            sender=sender,
+            ref=ref,
+            channel=channel,
+            members=members,
+            body=body,
+            ts=ts,
+        )
+        self.committer.submit(fn, lambda op: on_done(op.result, op.error))
+
     def inbox_head(self, user_id: str) -> int:
         return self._read(messages.last_id, "inboxes", user_id)  # type: ignore[no-any-return]
 

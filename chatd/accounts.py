@@ -1,0 +1,134 @@
+"""Accounts: signup, password login, bearer tokens, profiles, friendships.
+
+Passwords are hashed with argon2id in worker threads (at most ``security.hash_threads`` at once,
+at most ``security.max_pending_hashes`` queued, beyond which login answers 503) so a login burst
+never delays the event loop. A login for an unknown user verifies against a dummy hash, so it
+costs the same time as a wrong password.
+
+Tokens are 256 random bits, sent to the client once and stored only as their SHA-256.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+import time
+from typing import Any
+
+import argon2
+import trio
+
+from chatd import validate
+from chatd.config import SecurityConfig
+from chatd.errors import BadRequest, Conflict, NotFound, Unauthorized, Unavailable
+from storage import Store
+from storage import errors as storage_errors
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def token_digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+class Accounts:
+    def __init__(self, store: Store, config: SecurityConfig) -> None:
+        self.store = store
+        self.ttl_ms = int(config.token_ttl_days * 86_400_000)
+        self.hasher = argon2.PasswordHasher(
+            time_cost=config.argon2_time_cost,
+            memory_cost=config.argon2_memory_kib,
+            parallelism=config.argon2_parallelism,
+            type=argon2.Type.ID,
+        )
+        self._dummy_hash = self.hasher.hash(secrets.token_urlsafe(16))
+        self._limiter = trio.CapacityLimiter(config.hash_threads)
+        self._max_pending = config.max_pending_hashes
+        self._pending = 0
+
+    async def _off_loop(self, fn: Any, *args: Any) -> Any:
+        if self._pending >= self._max_pending:
+            raise Unavailable("too many password checks in progress, retry shortly")
+        self._pending += 1
+        try:
+            return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+        finally:
+            self._pending -= 1
+
+    async def signup(self, user_id: str, password: str, display_name: str | None) -> None:
+        if self.store.account(user_id) is not None:
+            raise Conflict(f"user_id {user_id!r} is taken")
+        pw_hash = await self._off_loop(self.hasher.hash, password)
+        record = {
+            "display_name": display_name or user_id,
+            "created_at": now_ms(),
+            "pw": pw_hash,
+            "last_active": 0,
+        }
+        try:
+            await self.store.create_account(user_id, record)
+        except storage_errors.Conflict:
+            raise Conflict(f"user_id {user_id!r} is taken") from None
+
+    async def login(self, user_id: str, password: str) -> tuple[str, int]:
+        """Check the password; return a new token and its expiry (ms since the epoch)."""
+        account = self.store.account(user_id)
+        pw_hash = account["pw"] if account else self._dummy_hash
+        ok = await self._off_loop(self._verify, pw_hash, password)
+        if not ok or account is None:
+            raise Unauthorized("bad user_id or password")
+        token = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
+        expires_at = now_ms() + self.ttl_ms
+        await self.store.put_token(token_digest(token), user_id, expires_at)
+        return token, expires_at
+
+    def _verify(self, pw_hash: str, password: str) -> bool:
+        try:
+            return self.hasher.verify(pw_hash, password)
+        except argon2.exceptions.VerificationError:
+            return False
+        except argon2.exceptions.InvalidHashError:
+            return False
+
+    def authenticate(self, token: str) -> str:
+        """The user a bearer token belongs to; Unauthorized if unknown, revoked or expired."""
+        record = self.store.token(token_digest(token)) if token else None
+        if record is None or record["exp"] <= now_ms():
+            raise Unauthorized("missing, bad, expired or revoked token")
+        return record["user"]  # type: ignore[no-any-return]
+
+    async def logout(self, token: str) -> None:
+        await self.store.delete_token(token_digest(token))
+
+    def profile(self, user_id: str) -> dict[str, Any]:
+        account = self.store.account(user_id)
+        if account is None:
+            raise NotFound(f"no user {user_id!r}")
+        return {
+            "user_id": user_id,
+            "display_name": account["display_name"],
+            "created_at": account["created_at"],
+        }
+
+    async def update_profile(self, user_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+        if set(changes) - {"display_name"}:
+            raise BadRequest("only display_name can be changed")
+        name = validate.display_name(changes.get("display_name"))
+        await self.store.update_account(user_id, {"display_name": name})
+        return self.profile(user_id)
+
+    def require_user(self, user_id: str) -> None:
+        if self.store.account(user_id) is None:
+            raise NotFound(f"no user {user_id!r}")
+
+    async def add_friend(self, user_id: str, other: str) -> str:
+        if other == user_id:
+            raise BadRequest("you cannot befriend yourself")
+        self.require_user(other)
+        return await self.store.request_friend(user_id, other)
+
+    async def remove_friend(self, user_id: str, other: str) -> None:
+        await self.store.remove_friend(user_id, other)

@@ -1,0 +1,113 @@
+"""HTTP API routes (see docs/api.md and ../shared/CONTRACT.md)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from chatd import channels, validate
+from chatd.accounts import token_digest
+from chatd.errors import BadRequest, RateLimited, Unavailable
+from chatd.http import Request, Response, Router, run_handler
+from chatd.messages import history_limits, message_view
+
+if TYPE_CHECKING:
+    from chatd.app import App
+
+
+class Api:
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.accounts = app.accounts
+        r = self.router = Router()
+        r.add("GET", "/healthz", self.healthz, auth=False)
+        r.add("POST", "/v1/signup", self.signup, auth=False)
+        r.add("POST", "/v1/login", self.login, auth=False)
+        r.add("POST", "/v1/logout", self.logout)
+        r.add("GET", "/v1/me", self.me)
+        r.add("PATCH", "/v1/me", self.patch_me)
+        r.add("GET", "/v1/users/{user_id}", self.user)
+        r.add("GET", "/v1/friends", self.friends)
+        r.add("PUT", "/v1/friends/{user_id}", self.add_friend)
+        r.add("DELETE", "/v1/friends/{user_id}", self.remove_friend)
+        r.add("GET", "/v1/channels/{channel_id}/messages", self.channel_messages)
+
+    async def dispatch(self, request: Request) -> Response:
+        async def routed(req: Request) -> Response:
+            handler, auth, params = self.router.match(req.method, req.path)
+            if auth:
+                req.token = req.bearer()
+                req.user_id = self.accounts.authenticate(req.token)
+            return await handler(req, **params)
+
+        return await run_handler(routed, request, {})
+
+    def _limit(self, limiter_name: str, key: str) -> None:
+        wait = self.app.limiters[limiter_name].take(key)
+        if wait:
+            raise RateLimited("too many requests, slow down", retry_after=wait)
+
+    async def healthz(self, req: Request) -> Response:
+        if self.app.draining:
+            raise Unavailable("draining")
+        return Response(200, {"status": "ok"})
+
+    async def signup(self, req: Request) -> Response:
+        self._limit("signup", req.client)
+        data = req.json()
+        user_id = validate.user_id(data.get("user_id"))
+        password = validate.password(data.get("password"))
+        name = data.get("display_name")
+        if name is not None:
+            name = validate.display_name(name)
+        await self.accounts.signup(user_id, password, name)
+        return Response(201, {"user_id": user_id})
+
+    async def login(self, req: Request) -> Response:
+        self._limit("login", req.client)
+        data = req.json()
+        user_id = validate.user_id(data.get("user_id"))
+        password = data.get("password")
+        if not isinstance(password, str) or len(password) > validate.PASSWORD_MAX:
+            raise BadRequest("password must be a string of at most 1024 characters")
+        token, expires_at = await self.accounts.login(user_id, password)
+        body = {"token": token, "user_id": user_id, "ws_url": self.app.ws_url}
+        return Response(200, {**body, "expires_at": expires_at})
+
+    async def logout(self, req: Request) -> Response:
+        await self.accounts.logout(req.token)
+        self.app.sessions.revoke(req.user_id, token_digest(req.token))
+        return Response(204)
+
+    async def me(self, req: Request) -> Response:
+        return Response(200, self.accounts.profile(req.user_id))
+
+    async def patch_me(self, req: Request) -> Response:
+        return Response(200, await self.accounts.update_profile(req.user_id, req.json()))
+
+    async def user(self, req: Request, user_id: str) -> Response:
+        return Response(200, self.accounts.profile(validate.user_id(user_id)))
+
+    async def friends(self, req: Request) -> Response:
+        rows = self.app.store.friends(req.user_id)
+        return Response(200, {"friends": [{"user_id": u, "state": s} for u, s in rows]})
+
+    async def add_friend(self, req: Request, user_id: str) -> Response:
+        state = await self.accounts.add_friend(req.user_id, validate.user_id(user_id))
+        return Response(200, {"user_id": user_id, "state": state})
+
+    async def remove_friend(self, req: Request, user_id: str) -> Response:
+        await self.accounts.remove_friend(req.user_id, validate.user_id(user_id))
+        return Response(204)
+
+    async def channel_messages(self, req: Request, channel_id: str) -> Response:
+        channels.check_member(self.app.store, channel_id, req.user_id)
+        args: dict[str, Any] = {}
+        for name in ("before", "after", "limit"):
+            values = req.query.get(name)
+            if values:
+                if len(values) > 1 or not values[0].isdigit():
+                    raise BadRequest(f"{name} must be a non-negative integer")
+                args[name] = int(values[0])
+        before, after, limit = history_limits(args)
+        page = self.app.store.channel_page(channel_id, before=before, after=after, limit=limit)
+        return Response(200, {"messages": [message_view(m) for m in page]})

@@ -1,0 +1,46 @@
+"""Channel ids and membership.
+
+``dm:<a>:<b>`` is the 1:1 channel of users a < b (string order); its members are in its id.
+``g:<id>`` channels are groups (their members live in storage; see the groups issue).
+"""
+
+from __future__ import annotations
+
+from chatd import validate
+from chatd.errors import BadRequest, Forbidden, NotFound
+from storage import Store
+
+
+def dm_channel(a: str, b: str) -> str:
+    lo, hi = sorted((a, b))
+    return f"dm:{lo}:{hi}"
+
+
+def dm_members(channel: str) -> list[str] | None:
+    """The two users of a well-formed dm channel id, else None."""
+    kind, _, rest = channel.partition(":")
+    a, sep, b = rest.partition(":")
+    valid = validate.USER_ID.fullmatch(a) and validate.USER_ID.fullmatch(b)
+    if kind != "dm" or not sep or not valid or not a < b:
+        return None
+    return [a, b]
+
+
+def members(store: Store, channel: str) -> list[str]:
+    """Members of ``channel``; BadRequest for a malformed id, NotFound for an unknown one."""
+    if not isinstance(channel, str) or not channel:
+        raise BadRequest("channel must be a non-empty string")
+    users = dm_members(channel)
+    if users is not None:
+        return users
+    if channel.startswith("dm:"):
+        raise BadRequest(f"malformed channel id {channel!r}")
+    raise NotFound(f"no channel {channel!r}")
+
+
+def check_member(store: Store, channel: str, user_id: str) -> list[str]:
+    """Members of ``channel`` if ``user_id`` is one of them; Forbidden otherwise."""
+    users = members(store, channel)
+    if user_id not in users:
+        raise Forbidden(f"you are not a member of {channel}")
+    return users

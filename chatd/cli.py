@@ -1,0 +1,59 @@
+"""The ``chatd`` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+import trio
+
+from chatd import __version__
+from chatd.config import Config, ConfigError, load
+from chatd.server import serve
+from storage import StorageUnavailable
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chatd", description="A dense, durable chat server.")
+    parser.add_argument("--version", action="version", version=f"chatd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="run the server in the foreground")
+    s.add_argument("--config", metavar="FILE", help="TOML config file (see conf/chatd.toml)")
+    s.add_argument("--listen", metavar="HOST:PORT", help="address to listen on (127.0.0.1:8080)")
+    s.add_argument("--data", metavar="DIR", help="LMDB data directory (./var/chatd)")
+    s.add_argument("--shard", metavar="NAME", help="shard name")
+    s.add_argument("--log-level", default="INFO", help="logging level (INFO)")
+    return parser
+
+
+async def _run(config: Config) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(serve, config)
+            async for signum in signals:
+                logging.getLogger("chatd").info("%s: draining", signal.Signals(signum).name)
+                server.drain()
+                break
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = load(args.config, listen=args.listen, data=args.data, shard=args.shard)
+    except ConfigError as exc:
+        print(f"chatd: config error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        trio.run(_run, config)
+    except StorageUnavailable as exc:
+        print(f"chatd: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"chatd: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0

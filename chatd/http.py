@@ -1,0 +1,244 @@
+"""The HTTP/1.1 connection loop on h11: keep-alive, limits, timeouts, WebSocket hand-off.
+
+One task per TCP connection reads requests with h11, routes them through :class:`Router`, and
+writes JSON responses. A ``GET /v1/ws`` upgrade leaves h11 behind: the socket and any bytes read
+past the request go to ``chatd/ws.py``.
+
+Limits: request header block over 16 KiB -> 431; body over ``limits.max_request_body`` -> 413;
+the header block must arrive within ``server.header_timeout``; an idle keep-alive connection is
+closed after ``server.keepalive_timeout``.
+"""
+
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+import re
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import h11
+import trio
+
+from chatd import net
+from chatd.errors import BadRequest, ChatError, MethodNotAllowed, NotFound, TooLarge, Unavailable
+from chatd.ws import handshake
+from storage import StorageUnavailable
+
+if TYPE_CHECKING:
+    from chatd.app import App
+
+MAX_HEADER_BYTES = 16 * 1024
+SERVER_HEADER = (b"server", b"chatd")
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    client: str
+    body: bytes = b""
+    user_id: str = ""  # set by the router for authenticated routes
+    token: str = ""
+
+    def json(self) -> dict[str, Any]:
+        """The body as a JSON object; BadRequest otherwise."""
+        try:
+            data = json.loads(self.body)
+        except (ValueError, UnicodeDecodeError):
+            raise BadRequest("body is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise BadRequest("body must be a JSON object")
+        return data
+
+    def bearer(self) -> str:
+        scheme, _, token = self.headers.get("authorization", "").partition(" ")
+        return token.strip() if scheme.lower() == "bearer" else ""
+
+    def is_websocket(self) -> bool:
+        return (
+            self.headers.get("upgrade", "").lower() == "websocket"
+            and "upgrade" in self.headers.get("connection", "").lower()
+        )
+
+
+@dataclass
+class Response:
+    status: int
+    payload: Any = None
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+Handler = Callable[..., Awaitable[Response]]
+
+
+class Router:
+    """Method + path-pattern routing. ``{name}`` in a pattern captures one path segment."""
+
+    def __init__(self) -> None:
+        self._routes: list[tuple[re.Pattern[str], dict[str, tuple[Handler, bool]]]] = []
+
+    def add(self, method: str, pattern: str, handler: Handler, *, auth: bool = True) -> None:
+        regex = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern) + "$")
+        for existing, methods in self._routes:
+            if existing.pattern == regex.pattern:
+                methods[method] = (handler, auth)
+                return
+        self._routes.append((regex, {method: (handler, auth)}))
+
+    def match(self, method: str, path: str) -> tuple[Handler, bool, dict[str, str]]:
+        for regex, methods in self._routes:
+            m = regex.match(path)
+            if m is None:
+                continue
+            if method not in methods:
+                raise MethodNotAllowed(f"{method} is not allowed on {path}")
+            handler, auth = methods[method]
+            return handler, auth, {k: unquote(v) for k, v in m.groupdict().items()}
+        raise NotFound(f"no route for {path}")
+
+
+def error_response(exc: ChatError) -> Response:
+    headers = []
+    if exc.retry_after is not None:
+        headers.append((b"retry-after", str(max(1, round(exc.retry_after))).encode()))
+    return Response(exc.status, exc.body(), headers)
+
+
+class HttpConnection:
+    def __init__(self, app: App, sock: socket.socket, client: str) -> None:
+        self.app = app
+        self.sock = sock
+        self.client = client
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+
+    async def serve(self) -> None:
+        """Serve requests until the peer leaves, a timeout, an error, or a WebSocket upgrade."""
+        cfg = self.app.config.server
+        timeout = cfg.header_timeout
+        try:
+            while True:
+                request = None
+                try:
+                    with trio.move_on_after(timeout):
+                        request = await self._read_request()
+                except ChatError as exc:  # oversize body
+                    await self._respond(error_response(exc), close=True)
+                    return
+                except h11.RemoteProtocolError as exc:
+                    if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                        status = exc.error_status_hint
+                        code = "too_large" if status == 431 else "bad_request"
+                        body = {"error": code, "message": f"malformed HTTP request: {exc}"}
+                        await self._respond(Response(status, body), close=True)
+                    return
+                if request is None:
+                    return
+                if request.path == "/v1/ws" and request.is_websocket():
+                    await self._upgrade(request)
+                    return
+                self.app.http_busy += 1
+                try:
+                    response = await self.app.api.dispatch(request)
+                    await self._respond(response, close=self.app.draining)
+                finally:
+                    self.app.http_busy -= 1
+                    self.app.check_idle()
+                if self.h11.our_state is not h11.DONE or self.h11.their_state is not h11.DONE:
+                    return
+                self.h11.start_next_cycle()
+                timeout = cfg.keepalive_timeout
+        except OSError:
+            return  # the peer went away mid-write
+        finally:
+            net.close(self.sock)
+
+    async def _upgrade(self, request: Request) -> None:
+        """Answer 101 (or an error), then run the WebSocket on this socket with h11 dropped."""
+        try:
+            if request.method != "GET":
+                raise MethodNotAllowed("WebSocket upgrades must use GET")
+            if self.app.draining:
+                raise Unavailable("draining")
+            headers, binary = handshake(self.app, request)
+        except ChatError as exc:
+            await self._respond(error_response(exc), close=True)
+            return
+        out = self.h11.send(h11.InformationalResponse(status_code=101, headers=headers))
+        trailing = self.h11.trailing_data[0]
+        del self.h11  # handshake state is not kept for the life of the WebSocket
+        await net.send_all(self.sock, out)
+        await self.app.ws.serve(self.sock, binary, trailing)
+
+    async def _next_event(self) -> Any:
+        while True:
+            event = self.h11.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            data = await net.recv(self.sock)
+            self.h11.receive_data(data)
+
+    async def _read_request(self) -> Request | None:
+        event = await self._next_event()
+        if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+            return None
+        assert isinstance(event, h11.Request)
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers}
+        target = urlsplit(event.target.decode("latin-1"))
+        request = Request(
+            method=event.method.decode("ascii"),
+            path=target.path,
+            query=parse_qs(target.query),
+            headers=headers,
+            client=self.client,
+        )
+        limit = self.app.config.limits.max_request_body
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > limit:
+            raise TooLarge(f"request body over {limit} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            event = await self._next_event()
+            if isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > limit:
+                    raise TooLarge(f"request body over {limit} bytes")
+                chunks.append(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            else:
+                return None
+        request.body = b"".join(chunks)
+        return request
+
+    async def _respond(self, response: Response, *, close: bool = False) -> None:
+        body = b"" if response.payload is None else json.dumps(response.payload).encode()
+        headers = [SERVER_HEADER, *response.headers]
+        if response.payload is not None:
+            headers.append((b"content-type", b"application/json"))
+        if response.status != 204:
+            headers.append((b"content-length", str(len(body)).encode()))
+        if close:
+            headers.append((b"connection", b"close"))
+        reason = HTTPStatus(response.status).phrase.encode()
+        out = self.h11.send(h11.Response(status_code=response.status, headers=headers, reason=reason))
+        if body:
+            out += self.h11.send(h11.Data(data=body))
+        out += self.h11.send(h11.EndOfMessage())
+        await net.send_all(self.sock, out)
+
+
+async def run_handler(handler: Handler, request: Request, params: dict[str, str]) -> Response:
+    """Call a route handler, turning domain and storage errors into error responses."""
+    try:
+        return await handler(request, **params)
+    except ChatError as exc:
+        return error_response(exc)
+    except StorageUnavailable as exc:
+        return error_response(Unavailable(str(exc)))

@@ -1,0 +1,151 @@
+"""Messages: the send path (validate, commit, ack, fan out) and history.
+
+A send never waits inside the connection's read loop: it is validated, handed to the group
+committer with :meth:`Store.submit_message`, and the committer calls back, in commit order,
+once the message and its inbox entries are durable. The callback acks the sending device and
+delivers ``msg`` frames to every other online device of every member. Because callbacks run
+in commit order on one task, every device sees a channel in msg_id order and its inbox in seq
+order, with no per-channel lock.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from chatd import channels, validate
+from chatd.accounts import now_ms
+from chatd.errors import BadRequest, ChatError, NotFound, RateLimited, TooLarge, Unavailable
+from chatd.protocol.frames import Encoded, History, Send
+from storage import StorageUnavailable
+from storage.messages import Appended, InboxEntry, Message
+
+if TYPE_CHECKING:
+    from chatd.app import App
+    from chatd.ws import Conn
+
+log = logging.getLogger("chatd.messages")
+HISTORY_DEFAULT, HISTORY_MAX = 50, 100
+
+
+def message_view(m: Message) -> dict[str, Any]:
+    """A message as history returns it (no inbox seq: history is per channel)."""
+    return {"channel": m.channel, "msg_id": m.msg_id, "from": m.sender, "body": m.body, "ts": m.ts}
+
+
+def msg_frame(seq: int, m: Message) -> dict[str, Any]:
+    return {
+        "type": "msg",
+        "inbox": seq,
+        "channel": m.channel,
+        "msg_id": m.msg_id,
+        "from": m.sender,
+        "body": m.body,
+        "ts": m.ts,
+    }
+
+
+def inbox_frame(entry: InboxEntry) -> dict[str, Any]:
+    return msg_frame(entry.seq, entry.message)
+
+
+def history_limits(args: dict[str, Any]) -> tuple[int | None, int | None, int]:
+    """(before, after, limit) from request arguments; limit defaults to 50, capped at 100."""
+    limit = args.get("limit")
+    if limit is None:
+        limit = HISTORY_DEFAULT
+    if limit < 1:
+        raise BadRequest("limit must be at least 1")
+    return args.get("before"), args.get("after"), min(limit, HISTORY_MAX)
+
+
+class Messenger:
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.store = app.store
+        self.sessions = app.sessions
+        self.max_body = app.config.limits.max_body_chars
+
+    def send(self, conn: Conn, frame: Send) -> None:
+        """Validate and queue one send; the ack and deliveries follow from the commit hook."""
+        user = conn.user_id
+        try:
+            wait = self.app.limiters["send"].take(user)
+            if wait:
+                raise RateLimited("sending too fast", retry_after=wait)
+            if len(frame.body) > self.max_body:
+                raise TooLarge(f"body over {self.max_body} characters")
+            if frame.to is not None:
+                to = validate.user_id(frame.to, "to")
+                if to == user:
+                    raise BadRequest("you cannot send to yourself")
+                if self.store.account(to) is None:
+                    raise NotFound(f"no user {to!r}")
+                channel, members = channels.dm_channel(user, to), [user, to]
+            else:
+                channel = frame.channel or ""
+                members = channels.check_member(self.store, channel, user)
+
+            def committed(appended: Appended | None, error: BaseException | None) -> None:
+                self._committed(conn, frame.ref, appended, error)
+
+            try:
+                self.store.submit_message(
+                    sender=user,
+                    ref=frame.ref,
+                    channel=channel,
+                    members=members,
+                    body=frame.body,
+                    ts=now_ms(),
+                    on_done=committed,
+                )
+            except trio.WouldBlock:
+                raise Unavailable("server busy, retry shortly", retry_after=0.05) from None
+        except ChatError as exc:
+            exc.ref = frame.ref
+            raise
+        except StorageUnavailable as exc:
+            raise Unavailable(str(exc), ref=frame.ref) from None
+
+    def _committed(
+        self, conn: Conn, ref: str, appended: Appended | None, error: BaseException | None
+    ) -> None:
+        if appended is None:
+            if isinstance(error, StorageUnavailable):
+                text = str(error)
+            else:
+                log.error("send %r of %s failed", ref, conn.user_id, exc_info=error)
+                text = "message not stored"
+            conn.send_frame(Unavailable(text, ref=ref).frame())
+            return
+        conn.send_frame({"type": "ack", "ref": ref, **appended.ack})
+        if not appended.duplicate:
+            self.fan_out(appended, exclude=conn)
+
+    def fan_out(self, appended: Appended, exclude: Conn | None = None) -> None:
+        """Deliver a stored message to every online device of every member but ``exclude``."""
+        for user, seq in appended.inbox.items():
+            devices = self.sessions.devices(user)
+            if not devices:
+                continue  # offline: the inbox holds it (push notifications hook in here)
+            encoded = Encoded(msg_frame(seq, appended.message))
+            for device in devices:
+                if device is not exclude:
+                    device.deliver(seq, encoded)
+
+    def history(self, user_id: str, frame: History) -> dict[str, Any]:
+        try:
+            channels.check_member(self.store, frame.channel, user_id)
+            before, _after, limit = history_limits({"before": frame.before, "limit": frame.limit})
+        except ChatError as exc:
+            exc.ref = frame.ref
+            raise
+        page = self.store.channel_page(frame.channel, before=before, limit=limit)
+        return {
+            "type": "history",
+            "ref": frame.ref,
+            "channel": frame.channel,
+            "messages": [message_view(m) for m in page],
+        }

@@ -1,0 +1,1 @@
+"""The sans-IO protocol core: frame codecs and client-frame validation. No trio, no sockets."""

@@ -1,0 +1,181 @@
+"""Client and server frames: decoding, validation, encoding. Pure functions, no I/O.
+
+Client frames arrive as JSON text frames or msgpack binary frames (whichever the client sends;
+the subprotocol only chooses what the server sends). Each is checked into a frozen dataclass;
+anything malformed raises :class:`~chatd.errors.BadRequest`, carrying the frame's ``ref`` when
+it had one, so the connection can answer with an ``error`` frame and stay open.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from chatd.errors import BadRequest
+
+SUBPROTOCOL_JSON = "chatd.v1.json"
+SUBPROTOCOL_MSGPACK = "chatd.v1.msgpack"
+REF_MAX = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    token: str
+    since: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    ref: str
+    to: str | None
+    channel: str | None
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    ref: str
+    channel: str
+    before: int | None
+    limit: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    channel: str
+    msg_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Typing:
+    channel: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    pass
+
+
+ClientFrame = Hello | Send | History | Read | Typing | Ping
+
+
+def decode(data: str | bytes) -> dict[str, Any]:
+    """A text frame is JSON, a binary frame msgpack; either must hold a map with a ``type``."""
+    try:
+        if isinstance(data, str):
+            obj = json.loads(data)
+        else:
+            obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except (ValueError, TypeError, RecursionError, msgpack.UnpackException):
+        kind = "JSON" if isinstance(data, str) else "msgpack"
+        raise BadRequest(f"frame is not valid {kind}") from None
+    if not isinstance(obj, dict):
+        raise BadRequest("frame must be a map")
+    if not isinstance(obj.get("type"), str):
+        raise BadRequest("frame needs a string 'type'")
+    return obj
+
+
+def _ref(obj: dict[str, Any]) -> str | None:
+    ref = obj.get("ref")
+    return ref if isinstance(ref, str) and 1 <= len(ref) <= REF_MAX else None
+
+
+def _get(obj: dict[str, Any], name: str, kind: type, *, required: bool = True) -> Any:
+    value: Any = obj.get(name)
+    if value is None:
+        if required:
+            raise BadRequest(f"missing field {name!r}")
+        return None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise BadRequest(f"field {name!r} must be a {'string' if kind is str else 'integer'}")
+    if isinstance(value, int) and value < 0:
+        raise BadRequest(f"field {name!r} must not be negative")
+    return value
+
+
+def parse(obj: dict[str, Any]) -> ClientFrame:
+    """Validate a decoded frame into its dataclass. BadRequest (with ``ref``) when malformed."""
+    try:
+        return _parse(obj)
+    except BadRequest as exc:
+        exc.ref = _ref(obj)
+        raise
+
+
+def _parse(obj: dict[str, Any]) -> ClientFrame:
+    kind = obj["type"]
+    if kind == "send":
+        ref = _get(obj, "ref", str)
+        if not 1 <= len(ref) <= REF_MAX:
+            raise BadRequest(f"ref must be 1 to {REF_MAX} characters")
+        to = _get(obj, "to", str, required=False)
+        channel = _get(obj, "channel", str, required=False)
+        if (to is None) == (channel is None):
+            raise BadRequest("send needs exactly one of 'to' or 'channel'")
+        return Send(ref, to, channel, _get(obj, "body", str))
+    if kind == "ping":
+        return Ping()
+    if kind == "history":
+        ref = _get(obj, "ref", str)
+        return History(
+            ref,
+            _get(obj, "channel", str),
+            _get(obj, "before", int, required=False),
+            _get(obj, "limit", int, required=False),
+        )
+    if kind == "read":
+        return Read(_get(obj, "channel", str), _get(obj, "msg_id", int))
+    if kind == "typing":
+        return Typing(_get(obj, "channel", str))
+    if kind == "hello":
+        return Hello(_get(obj, "token", str), _get(obj, "since", int, required=False))
+    raise BadRequest(f"unknown frame type {kind!r}")
+
+
+def encode(frame: dict[str, Any], binary: bool) -> bytes:
+    """A server frame as a complete WebSocket message (header + payload), ready to write.
+
+    Server frames are never masked and never fragmented, so one encoding serves every
+    connection that negotiated the same subprotocol.
+    """
+    if binary:
+        return ws_frame(msgpack.packb(frame, use_bin_type=True), 0x2)
+    payload = json.dumps(frame, separators=(",", ":"), ensure_ascii=False).encode()
+    return ws_frame(payload, 0x1)
+
+
+def ws_frame(payload: bytes, opcode: int) -> bytes:
+    """RFC 6455 frame, FIN set, unmasked (server to client)."""
+    n = len(payload)
+    if n < 126:
+        header = struct.pack("!BB", 0x80 | opcode, n)
+    elif n < 1 << 16:
+        header = struct.pack("!BBH", 0x80 | opcode, 126, n)
+    else:
+        header = struct.pack("!BBQ", 0x80 | opcode, 127, n)
+    return header + payload
+
+
+class Encoded:
+    """One server frame, encoded lazily at most once per subprotocol (for fan-out)."""
+
+    __slots__ = ("frame", "_json", "_msgpack")
+
+    def __init__(self, frame: dict[str, Any]) -> None:
+        self.frame = frame
+        self._json: bytes | None = None
+        self._msgpack: bytes | None = None
+
+    def get(self, binary: bool) -> bytes:
+        if binary:
+            if self._msgpack is None:
+                self._msgpack = encode(self.frame, True)
+            return self._msgpack
+        if self._json is None:
+            self._json = encode(self.frame, False)
+        return self._json

@@ -1,0 +1,124 @@
+"""``serve()``: listen, accept, run connections, drain on request.
+
+Shutdown follows hypercorn's shape: :meth:`Server.drain` stops the accept loop, marks the app
+draining (``/healthz`` answers 503), closes every WebSocket with 1001 and lets in-flight HTTP
+requests finish; connections get ``server.drain_timeout`` seconds, then are cancelled. Storage
+closes last, after the committer has written everything queued.
+"""
+
+from __future__ import annotations
+
+import errno
+import gc
+import logging
+import socket
+import sys
+
+import trio
+
+from chatd import net
+from chatd.app import App
+from chatd.config import Config
+from chatd.http import HttpConnection
+from storage import Store
+
+log = logging.getLogger("chatd")
+ACCEPT_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+GC_FREEZE_EVERY = 1000  # accepted connections between gc.freeze() calls
+
+
+class Server:
+    """Handle on a running server, given to ``task_status.started()``."""
+
+    def __init__(self, app: App, host: str, port: int) -> None:
+        self.app = app
+        self.host = host
+        self.port = port
+        self.url = f"http://{host}:{port}"
+        self._drain = trio.Event()
+
+    def drain(self) -> None:
+        self._drain.set()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(4096)
+    sock.setblocking(False)
+    return sock
+
+
+def _tune_gc() -> None:
+    """Fewer, cheaper collections: long-lived connection objects are frozen out of the
+    collector's view and the young generation is allowed to grow before a pass."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
+
+
+async def serve(
+    config: Config, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run chatd until :meth:`Server.drain`; ``task_status.started(server)`` once listening."""
+    cfg = config.server
+    store = Store(
+        cfg.data,
+        map_size=config.storage.map_size,
+        max_map_size=config.storage.max_map_size,
+        sync=config.storage.sync,
+        max_batch=config.storage.max_batch,
+    )
+    listener = _listen(cfg.host, cfg.port)
+    host, port = listener.getsockname()[:2]
+    async with trio.open_nursery() as root:
+        await root.start(store.run)
+        try:
+            async with trio.open_nursery() as conns:
+                app = App(config, store, conns, port)
+                server = Server(app, host, port)
+                accept_scope = trio.CancelScope()
+                conns.start_soon(_accept_loop, app, listener, conns, accept_scope)
+                _tune_gc()
+                print(f"chatd listening on http://{host}:{port}", file=sys.stderr, flush=True)
+                task_status.started(server)
+                await server._drain.wait()
+                accept_scope.cancel()
+                app.draining = True
+                app.ws.close_all(1001, "server draining")
+                # What is left once WebSockets are closed and requests answered is idle
+                # keep-alive connections waiting for a next request: cancel them.
+                with trio.move_on_after(cfg.drain_timeout):
+                    await app.wait_idle()
+                conns.cancel_scope.cancel()
+        finally:
+            net.close(listener)
+            store.close()
+
+
+async def _accept_loop(
+    app: App, listener: socket.socket, conns: trio.Nursery, scope: trio.CancelScope
+) -> None:
+    accepted = 0
+    with scope:
+        while True:
+            await trio.lowlevel.wait_readable(listener)
+            while True:
+                try:
+                    sock, addr = listener.accept()
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    if exc.errno in ACCEPT_ERRNOS:
+                        log.error("accept: %s; backing off", exc)
+                        await trio.sleep(0.1)
+                        break
+                    raise
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                conns.start_soon(HttpConnection(app, sock, addr[0]).serve)
+                accepted += 1
+                if accepted % GC_FREEZE_EVERY == 0:
+                    gc.freeze()

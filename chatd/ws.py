@@ -1,0 +1,430 @@
+"""WebSocket connections: handshake checks and the per-connection IO shell.
+
+Density is the design goal. Each connection is one task, a non-blocking socket, a frame-level
+``wsproto.connection.Connection`` (the HTTP handshake was done by h11 and dropped) and one
+:class:`Conn` with ``__slots__``. There is no writer task while a connection keeps up: frames for
+it are written straight to the socket by whichever task produced them (its own reader, or the
+commit hook fanning a message out). Only when the kernel buffer is full does a flusher task wait
+for writability; bytes wait in a buffer bounded by ``limits.outbound_queue_bytes``, and a device
+that lets it overflow is closed with 1008 (it resyncs with ``since``). Reads are processed in
+batches: replies produced while handling one ``recv`` are written with one ``send``.
+
+Server frames are encoded once per subprotocol (``protocol.frames.Encoded``) and the same bytes
+go to every device; wsproto is only used to parse client frames and for control frames.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import itertools
+import math
+import secrets
+import socket
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import trio
+from wsproto.connection import Connection, ConnectionState, ConnectionType
+from wsproto.events import CloseConnection, Message, Ping
+from wsproto.utilities import RemoteProtocolError
+
+from chatd import net
+from chatd.accounts import token_digest
+from chatd.errors import (
+    BadRequest,
+    ChatError,
+    Forbidden,
+    TooManySessions,
+    Unauthorized,
+    Unavailable,
+)
+from chatd.messages import inbox_frame
+from chatd.protocol import frames
+from storage import StorageUnavailable
+
+if TYPE_CHECKING:
+    from chatd.app import App
+    from chatd.http import Request
+
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+REPLAY_CHUNK = 100
+REPLAY_HIGH_WATER = 256 * 1024
+CLOSE_FLUSH_TIMEOUT = 2.0
+
+_device_prefix = secrets.token_hex(2)
+_device_ids = itertools.count(1)
+
+
+def handshake(app: App, request: Request) -> tuple[list[tuple[bytes, bytes]], bool]:
+    """Check an upgrade request; return the 101 response headers and whether frames are binary.
+
+    Raises Forbidden (403) for a disallowed Origin and BadRequest for a malformed handshake.
+    """
+    origin = request.headers.get("origin")
+    if origin is not None and not origin_allowed(app, origin, request.headers.get("host", "")):
+        raise Forbidden(f"origin {origin!r} is not allowed")
+    if request.headers.get("sec-websocket-version", "").strip() != "13":
+        raise BadRequest("unsupported WebSocket version (need 13)")
+    key = request.headers.get("sec-websocket-key", "").strip()
+    try:
+        if len(base64.b64decode(key, validate=True)) != 16:
+            raise ValueError
+    except ValueError:
+        raise BadRequest("bad Sec-WebSocket-Key") from None
+    accept = base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest())
+    headers = [
+        (b"upgrade", b"websocket"),
+        (b"connection", b"Upgrade"),
+        (b"sec-websocket-accept", accept),
+    ]
+    offered = [p.strip() for p in request.headers.get("sec-websocket-protocol", "").split(",")]
+    binary = False
+    for proto in offered:
+        if proto in (frames.SUBPROTOCOL_JSON, frames.SUBPROTOCOL_MSGPACK):
+            binary = proto == frames.SUBPROTOCOL_MSGPACK
+            headers.append((b"sec-websocket-protocol", proto.encode()))
+            break
+    return headers, binary
+
+
+def origin_allowed(app: App, origin: str, host: str) -> bool:
+    """Same origin as the request's Host or the public URL, or listed in server.allowed_origins."""
+    if origin in app.config.server.allowed_origins:
+        return True
+    parts = urlsplit(origin)
+    if parts.scheme not in ("http", "https"):
+        return False
+    return parts.netloc == host or origin == app.public_origin
+
+
+class Conn:
+    """One WebSocket connection (one device once authenticated)."""
+
+    __slots__ = (
+        "app",
+        "sock",
+        "ws",
+        "binary",
+        "user_id",
+        "device_id",
+        "token_digest",
+        "scope",
+        "out",
+        "out_bytes",
+        "corked",
+        "flushing",
+        "drained",
+        "closing",
+        "close_code",
+        "close_reason",
+        "dead",
+        "partial",
+        "last_seq",
+        "syncing",
+        "replay_from",
+        "heard_at",
+    )
+
+    def __init__(self, app: App, sock: socket.socket, binary: bool, trailing: bytes) -> None:
+        self.app = app
+        self.sock = sock
+        self.ws = Connection(ConnectionType.SERVER, trailing_data=trailing)
+        self.binary = binary
+        self.user_id = ""
+        self.device_id = ""
+        self.token_digest = b""
+        self.scope: trio.CancelScope | None = None
+        self.out: list[bytes] | None = None  # pending output, allocated only when needed
+        self.out_bytes = 0
+        self.corked = False
+        self.flushing = False
+        self.drained: trio.Event | None = None
+        self.closing = False
+        self.close_code = 0
+        self.close_reason = ""
+        self.dead = False
+        self.partial: list[str | bytes] | None = None
+        self.last_seq = 0
+        self.syncing = False
+        self.replay_from: int | None = None
+        self.heard_at = 0.0
+
+    # -- lifecycle
+    async def run(self) -> None:
+        limits = self.app.config.limits
+        try:
+            with trio.CancelScope() as self.scope:
+                self.scope.deadline = trio.current_time() + self.app.config.server.hello_timeout
+                await self._read_loop(limits.max_frame_bytes)
+            if self.scope.cancelled_caught and not self.user_id and not self.closing:
+                self.send_frame(BadRequest("no hello within the deadline").frame())
+                self.close(1008, "hello timeout")
+        finally:
+            if self.user_id:
+                self.app.sessions.remove(self)
+            await self._shutdown()
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Ask the connection to close with ``code``; safe from any task, any number of times."""
+        if not self.closing:
+            self.closing = True
+            self.close_code, self.close_reason = code, reason
+        if self.scope is not None:
+            self.scope.cancel()
+
+    async def _shutdown(self) -> None:
+        """Send the close frame (if any), flush briefly, half-close, drain the peer, close."""
+        try:
+            with trio.move_on_after(CLOSE_FLUSH_TIMEOUT):
+                if self.close_code and not self.dead and self.ws.state is ConnectionState.OPEN:
+                    self.corked = False
+                    self._write(self.ws.send(CloseConnection(self.close_code, self.close_reason)))
+                await self._wait_drained()
+                if not self.dead:
+                    self.sock.shutdown(socket.SHUT_WR)
+                    while await net.recv(self.sock):
+                        pass
+        except OSError:
+            pass
+        finally:
+            self.dead = True
+            net.close(self.sock)
+
+    # -- reading
+    async def _read_loop(self, max_frame: int) -> None:
+        while not self.closing:
+            data = await net.recv(self.sock)
+            if not data:
+                self.dead = True
+                return
+            self.heard_at = trio.current_time()
+            self.ws.receive_data(data)
+            self.corked = True
+            try:
+                for event in self.ws.events():
+                    self._on_event(event, max_frame)
+                    if self.closing:
+                        break
+            except RemoteProtocolError as exc:
+                hint = exc.event_hint
+                code = hint.code if isinstance(hint, CloseConnection) else 1002
+                self.close(code, str(exc)[:100])
+            finally:
+                self._uncork()
+            if self.replay_from is not None and not self.closing:
+                await self._replay()
+
+    def _on_event(self, event: Any, max_frame: int) -> None:
+        if isinstance(event, Message):
+            size = len(event.data)
+            if self.partial is not None:
+                size += sum(len(p) for p in self.partial)
+            if size > max_frame:
+                self.close(1009, f"frame over {max_frame} bytes")
+                return
+            if not event.message_finished:
+                if self.partial is None:
+                    self.partial = []
+                self.partial.append(event.data)
+                return
+            data = event.data
+            if self.partial is not None:
+                data = data[:0].join([*self.partial, data])  # type: ignore[arg-type]
+                self.partial = None
+            self._on_frame(data)
+        elif isinstance(event, Ping):
+            self._write(self.ws.send(event.response()))
+        elif isinstance(event, CloseConnection):
+            self._write(self.ws.send(event.response()))
+            self.closing = True
+
+    def _on_frame(self, data: str | bytes) -> None:
+        try:
+            frame = frames.parse(frames.decode(data))
+            if not self.user_id:
+                if not isinstance(frame, frames.Hello):
+                    raise Unauthorized("the first frame must be hello")
+                self._hello(frame)
+            else:
+                self._dispatch(frame)
+        except ChatError as exc:
+            self.send_frame(exc.frame())
+            if exc.close_code or not self.user_id:
+                self.close(exc.close_code or 4001, exc.code)
+        except StorageUnavailable as exc:
+            self.send_frame(Unavailable(str(exc)).frame())
+
+    def _dispatch(self, frame: frames.ClientFrame) -> None:
+        if isinstance(frame, frames.Send):
+            self.app.messenger.send(self, frame)
+        elif isinstance(frame, frames.Ping):
+            self.send_frame({"type": "pong"})
+        elif isinstance(frame, frames.History):
+            self.send_frame(self.app.messenger.history(self.user_id, frame))
+        elif isinstance(frame, frames.Hello):
+            raise BadRequest("already authenticated")
+        else:
+            raise BadRequest(f"{type(frame).__name__.lower()} frames are not supported yet")
+
+    def _hello(self, hello: frames.Hello) -> None:
+        app = self.app
+        user = app.accounts.authenticate(hello.token)
+        if app.sessions.count(user) >= app.config.limits.max_sessions_per_user:
+            raise TooManySessions(
+                f"at most {app.config.limits.max_sessions_per_user} sessions per user"
+            )
+        self.user_id = user
+        self.device_id = f"{_device_prefix}{next(_device_ids):x}"
+        self.token_digest = token_digest(hello.token)
+        assert self.scope is not None
+        self.scope.deadline = math.inf
+        app.sessions.add(self)
+        head = app.store.inbox_head(user)
+        self.send_frame(
+            {"type": "welcome", "user_id": user, "device_id": self.device_id, "inbox_head": head}
+        )
+        if hello.since is None:
+            self.last_seq = head
+        else:
+            self.syncing = True
+            self.replay_from = hello.since
+
+    async def _replay(self) -> None:
+        """Send inbox entries > since, then ``synced``; see docs/protocol.md "Sync".
+
+        Live deliveries are dropped while ``syncing`` (they are in the inbox and the next read
+        finds them). The last, empty read and the switch to live happen with no checkpoint in
+        between, so nothing committed is missed; ``last_seq`` then drops any live frame whose
+        commit was already read here.
+        """
+        store, user = self.app.store, self.user_id
+        cursor = self.replay_from or 0
+        self.replay_from = None
+        while True:
+            entries = store.inbox(user, cursor, REPLAY_CHUNK)
+            if not entries:
+                break
+            for entry in entries:
+                self._write(frames.encode(inbox_frame(entry), self.binary))
+            cursor = entries[-1].seq
+            if self.out_bytes > REPLAY_HIGH_WATER:
+                await self._wait_drained()
+            else:
+                await trio.lowlevel.checkpoint()
+            if self.closing:
+                return
+        head = store.inbox_head(user)
+        self.last_seq = head
+        self.syncing = False
+        self.send_frame({"type": "synced", "head": head})
+
+    # -- writing
+    def send_frame(self, frame: dict[str, Any]) -> None:
+        self._write(frames.encode(frame, self.binary))
+
+    def deliver(self, seq: int, encoded: frames.Encoded) -> None:
+        """A live ``msg`` for inbox ``seq``: dropped while replaying or if already sent."""
+        if self.syncing or seq <= self.last_seq or self.closing:
+            return
+        self.last_seq = seq
+        self._write(encoded.get(self.binary))
+
+    def _write(self, data: bytes) -> None:
+        if self.dead:
+            return
+        if self.corked or self.out is not None:
+            if self.out is None:
+                self.out = []
+            self.out.append(data)
+            self.out_bytes += len(data)
+            if self.out_bytes > self.app.config.limits.outbound_queue_bytes and not self.closing:
+                self.close(1008, "outbound queue overflow")
+            elif not self.corked and not self.flushing:
+                self._start_flusher()
+            return
+        self._send_now(data)
+
+    def _uncork(self) -> None:
+        self.corked = False
+        if self.out is not None and not self.flushing:
+            data = b"".join(self.out)
+            self.out, self.out_bytes = None, 0
+            self._send_now(data)
+
+    def _send_now(self, data: bytes) -> None:
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.dead = True
+            self.close(1006)
+            return
+        if sent < len(data):
+            self.out = [data[sent:]]
+            self.out_bytes = len(data) - sent
+            self._start_flusher()
+
+    def _start_flusher(self) -> None:
+        self.flushing = True
+        self.drained = trio.Event()
+        self.app.nursery.start_soon(self._flusher)
+
+    async def _flusher(self) -> None:
+        try:
+            await self._drain()
+        except (OSError, trio.ClosedResourceError):
+            self.dead = True
+            self.close(1006)
+        finally:
+            self.flushing = False
+            if self.drained is not None:
+                self.drained.set()
+
+    async def _drain(self) -> None:
+        while self.out is not None and not self.dead:
+            await trio.lowlevel.wait_writable(self.sock)
+            data = b"".join(self.out)
+            try:
+                sent = self.sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            if sent < len(data):
+                self.out, self.out_bytes = [data[sent:]], len(data) - sent
+            else:
+                self.out, self.out_bytes = None, 0
+
+    async def _wait_drained(self) -> None:
+        """Return once the output buffer is empty (or the peer is gone)."""
+        while self.out is not None and not self.dead:
+            if self.flushing:
+                assert self.drained is not None
+                await self.drained.wait()
+            else:
+                self.flushing = True
+                try:
+                    await self._drain()
+                finally:
+                    self.flushing = False
+
+
+class WsServer:
+    """Runs upgraded connections and tracks them for draining."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.conns: set[Conn] = set()
+
+    async def serve(self, sock: socket.socket, binary: bool, trailing: bytes) -> None:
+        conn = Conn(self.app, sock, binary, trailing)
+        self.conns.add(conn)
+        try:
+            await conn.run()
+        finally:
+            self.conns.discard(conn)
+            self.app.check_idle()
+
+    def close_all(self, code: int, reason: str) -> None:
+        for conn in list(self.conns):
+            conn.close(code, reason)
