@@ -12,11 +12,11 @@ closed after ``server.keepalive_timeout``.
 from __future__ import annotations
 
 import json
-from http import HTTPStatus
 import re
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -227,7 +227,8 @@ class HttpConnection:
         if close:
             headers.append((b"connection", b"close"))
         reason = HTTPStatus(response.status).phrase.encode()
-        out = self.h11.send(h11.Response(status_code=response.status, headers=headers, reason=reason))
+        head = h11.Response(status_code=response.status, headers=headers, reason=reason)
+        out = self.h11.send(head)
         if body:
             out += self.h11.send(h11.Data(data=body))
         out += self.h11.send(h11.EndOfMessage())
