@@ -29,7 +29,6 @@ class ChatError(Exception):
             out["retry_after"] = max(1, int(self.retry_after * 1000 + 0.999))
         return out
 
-
     def frame(self) -> dict[str, Any]:
         """The WebSocket ``error`` frame for this error."""
         out: dict[str, Any] = {"type": "error", "code": self.code, "message": self.message}

@@ -22,10 +22,16 @@ def make_config(data: Path, **sections: dict[str, Any]) -> Config:
     """A test config: port 0, data in ``data``, rate limits high unless a test sets them."""
     server = ServerConfig(listen="127.0.0.1:0", data=str(data), drain_timeout=5.0)
     limits = LimitsConfig(
-        send_rate=10_000.0, send_burst=10_000, login_rate=10_000.0, login_burst=10_000,
-        signup_rate=10_000.0, signup_burst=10_000,
+        send_rate=10_000.0,
+        send_burst=10_000,
+        login_rate=10_000.0,
+        login_burst=10_000,
+        signup_rate=10_000.0,
+        signup_burst=10_000,
     )
-    config = Config(server=server, limits=limits, storage=StorageConfig(), security=SecurityConfig())
+    config = Config(
+        server=server, limits=limits, storage=StorageConfig(), security=SecurityConfig()
+    )
     for name, changes in sections.items():
         config = dataclasses.replace(
             config, **{name: dataclasses.replace(getattr(config, name), **changes)}
