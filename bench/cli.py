@@ -1,0 +1,170 @@
+"""``chatd-bench SCENARIO [options]`` / ``python -m bench SCENARIO [options]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench import density, latency, logins, plots, relay, report, unavailable
+from bench.run import Run, describe_args
+from bench.targets import KINDS
+
+Scenario = Callable[[Run, argparse.Namespace], dict[str, Any]]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def _targets(text: str) -> list[str]:
+    kinds = [x.strip() for x in text.split(",") if x.strip()]
+    for kind in kinds:
+        if kind not in KINDS:
+            raise argparse.ArgumentTypeError(
+                f"unknown target {kind!r} (choose from {', '.join(KINDS)})"
+            )
+    return kinds
+
+
+def _common(
+    p: argparse.ArgumentParser, *, targets: str = "chatd,trio,websockets", clients: int = 2
+) -> None:
+    p.add_argument(
+        "--targets",
+        type=_targets,
+        default=_targets(targets),
+        help=f"servers to run against ({targets})",
+    )
+    p.add_argument(
+        "--pin", action="store_true", help="pin the server to core 0, clients and bench to core 1"
+    )
+    p.add_argument(
+        "--clients", type=int, default=clients, help=f"load-client processes ({clients})"
+    )
+    p.add_argument(
+        "--out", type=Path, default=report.DEFAULT_OUT, help="results directory (bench/results)"
+    )
+    p.add_argument("--target", metavar="URL", help="use a running chatd instead of starting one")
+    p.add_argument("--server-pid", type=int, help="with --target: the server's PID, to measure it")
+    p.add_argument(
+        "--chatd-config", metavar="FILE", help="chatd TOML config instead of the bench's"
+    )
+    p.add_argument("--settle", type=float, default=2.0, help="seconds to let the server settle (2)")
+    p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (logs, data)")
+
+
+def _traffic(p: argparse.ArgumentParser, *, pairs: int, warmup: float, duration: float) -> None:
+    p.add_argument("--pairs", type=int, default=pairs, help=f"online 1:1 pairs ({pairs})")
+    p.add_argument(
+        "--warmup", type=float, default=warmup, help=f"seconds before measuring ({warmup:g})"
+    )
+    p.add_argument(
+        "--duration", type=float, default=duration, help=f"measuring seconds ({duration:g})"
+    )
+    p.add_argument("--body", type=int, default=32, help="message body characters (32)")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="chatd-bench", description="chatd load tests; see bench/README.md"
+    )
+    sub = top.add_subparsers(dest="scenario", required=True)
+
+    p = sub.add_parser(
+        "density", help="idle authenticated connections: RSS/conn, idle and heartbeat CPU"
+    )
+    _common(p, clients=4)
+    p.add_argument(
+        "--steps",
+        type=_ints,
+        default=[1000, 5000, 10000, 15000],
+        help="connection counts (1000,5000,10000,15000)",
+    )
+    p.add_argument("--users", type=int, default=100, help="accounts holding the connections (100)")
+    p.add_argument(
+        "--concurrency", type=int, default=256, help="handshakes in flight per client (256)"
+    )
+    p.add_argument("--idle-secs", type=float, default=10.0, help="idle CPU window per step (10)")
+    p.add_argument(
+        "--hb-interval",
+        type=float,
+        default=30.0,
+        help="heartbeat interval at the last step; 0 skips (30)",
+    )
+    p.add_argument("--hb-secs", type=float, default=30.0, help="heartbeat CPU window (30)")
+    p.add_argument(
+        "--hb-kind", choices=["ws", "app"], default="ws", help="WebSocket ping or {type: ping} (ws)"
+    )
+    p.set_defaults(func=density.run, plot=plots.density)
+
+    p = sub.add_parser("relay", help="saturated 1:1 relay with a send window, vs the baselines")
+    _common(p)
+    _traffic(p, pairs=1000, warmup=3.0, duration=10.0)
+    p.add_argument(
+        "--windows", type=_ints, default=[1, 4, 16], help="un-acked sends per sender (1,4,16)"
+    )
+    p.set_defaults(func=relay.run, plot=plots.relay)
+
+    p = sub.add_parser("latency", help="send->ack and send->deliver at a fixed rate")
+    _common(p, clients=4)
+    _traffic(p, pairs=1000, warmup=3.0, duration=20.0)
+    p.add_argument(
+        "--rates",
+        "--rate",
+        type=_floats,
+        default=[5000.0],
+        help="total msgs/s, comma-separated (5000)",
+    )
+    p.add_argument("--idle", type=int, default=0, help="idle connections attached (0)")
+    p.add_argument(
+        "--idle-users", type=int, default=100, help="accounts holding the idle connections (100)"
+    )
+    p.set_defaults(func=latency.run, plot=plots.latency)
+
+    p = sub.add_parser(
+        "logins", help="password logins/s, token reconnects/s, chat p99 during a login burst"
+    )
+    _common(p, targets="chatd")
+    p.add_argument("--users", type=int, default=200, help="accounts (200)")
+    p.add_argument("--workers", type=int, default=16, help="concurrent HTTP logins (16)")
+    p.add_argument("--reconnects", type=int, default=5000, help="token hellos per round (5000)")
+    p.add_argument("--rounds", type=int, default=2, help="reconnect rounds (2)")
+    p.add_argument(
+        "--concurrency", type=int, default=256, help="handshakes in flight per client (256)"
+    )
+    _traffic(p, pairs=100, warmup=2.0, duration=10.0)
+    p.add_argument("--rate", type=float, default=1000.0, help="chat msgs/s during the burst (1000)")
+    p.set_defaults(func=logins.run, plot=plots.logins)
+
+    for name, check in (("fanout", unavailable.fanout), ("cluster", unavailable.cluster)):
+        p = sub.add_parser(
+            name, help=f"{name} (needs {'groups' if name == 'fanout' else 'shards'})"
+        )
+        _common(p, targets="chatd")
+        p.set_defaults(func=check, plot=None)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.target:
+        args.targets = [k for k in args.targets if k == "chatd"] or ["chatd"]
+    with Run(args) as run:
+        result = report.envelope(
+            args.scenario, describe_args(args), run.config_text if not args.target else None
+        )
+        result.update(args.func(run, args))
+    if result.get("skipped"):
+        print(f"chatd-bench {args.scenario}: skipped: {result['skipped']}", file=sys.stderr)
+    json_path, png_path = report.write(args.out, args.scenario, result, args.plot)
+    print(json.dumps(result.get("summary", {}), indent=2))
+    print(f"wrote {json_path}" + (f" and {png_path}" if png_path else ""))
+    return 0
