@@ -59,6 +59,11 @@ def _common(
     )
     p.add_argument("--settle", type=float, default=2.0, help="seconds to let the server settle (2)")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (logs, data)")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample each server with py-spy in every measuring window (raw stacks kept)",
+    )
 
 
 def _traffic(p: argparse.ArgumentParser, *, pairs: int, warmup: float, duration: float) -> None:
@@ -164,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         result.update(args.func(run, args))
     if result.get("skipped"):
         print(f"chatd-bench {args.scenario}: skipped: {result['skipped']}", file=sys.stderr)
-    json_path, png_path = report.write(args.out, args.scenario, result, args.plot)
+    json_path, png_path = report.write(args.out, args.scenario, result, args.plot, run.stamp)
     print(json.dumps(result.get("summary", {}), indent=2))
     print(f"wrote {json_path}" + (f" and {png_path}" if png_path else ""))
     return 0

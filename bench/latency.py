@@ -46,7 +46,10 @@ def one_target(run: Run, args: argparse.Namespace, kind: str) -> dict[str, Any]:
                     }
                     for share in traffic.share(rate, fleet.senders)
                 ]
-                r = traffic.window(run, target, fleet, cmds, args.warmup, args.duration, 10)
+                profile = run.profile_path(target, f"r{rate:g}")
+                r = traffic.window(
+                    run, target, fleet, cmds, args.warmup, args.duration, 10, profile
+                )
                 r.pop("ack_cdf", None)
                 r["rate"] = rate
                 rates.append(r)

@@ -40,7 +40,14 @@ def one_target(run: Run, args: argparse.Namespace, kind: str) -> dict[str, Any]:
                     "drain": 10,
                 }
                 r = traffic.window(
-                    run, target, fleet, [cmd] * len(fleet.clients), args.warmup, args.duration, 10
+                    run,
+                    target,
+                    fleet,
+                    [cmd] * len(fleet.clients),
+                    args.warmup,
+                    args.duration,
+                    10,
+                    run.profile_path(target, f"w{w}"),
                 )
                 for key in DROP:
                     r.pop(key, None)

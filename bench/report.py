@@ -106,10 +106,11 @@ def write(
     scenario: str,
     result: dict[str, Any],
     plot: Callable[[dict[str, Any], Path], None] | None,
+    when: str | None = None,
 ) -> tuple[Path, Path | None]:
     """Write the JSON (and the plot, if any); return their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{scenario}-{stamp()}"
+    stem = f"{scenario}-{when or stamp()}"
     json_path = out_dir / f"{stem}.json"
     png_path = out_dir / f"{stem}.png" if plot is not None else None
     if png_path is not None:

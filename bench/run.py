@@ -17,7 +17,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
-from bench import targets
+from bench import report, targets
 from bench.fleet import Fleet
 from bench.procs import Procs, pin, rss_kib
 from bench.targets import Target
@@ -37,6 +37,7 @@ class Run:
         self.pinned = bool(getattr(args, "pin", False))
         self._started = 0
         self.config_text = targets.BENCH_CONFIG
+        self.stamp = report.stamp()
         if getattr(args, "chatd_config", None):
             self.config_text = Path(args.chatd_config).read_text()
 
@@ -97,6 +98,16 @@ class Run:
             clients=clients,
             cpus=CLIENT_CPU if self.pinned else None,
             max_secs=max_secs,
+        )
+
+    def profile_path(self, target: Target, label: str) -> Path | None:
+        """Where ``--profile`` keeps py-spy's raw stacks for one window (None: not profiling)."""
+        if not getattr(self.args, "profile", False) or target.pid is None:
+            return None
+        self.args.out.mkdir(parents=True, exist_ok=True)
+        return (
+            Path(self.args.out)
+            / f"{self.args.scenario}-{self.stamp}-{target.kind}-{label}.pyspy.txt"
         )
 
     def rss(self, target: Target) -> int | None:

@@ -4,10 +4,12 @@ the clients' replies into rates and exact percentiles."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from bench.fleet import Fleet
 from bench.procs import CpuMeter
+from bench.profile import Recorder
 from bench.report import percentiles
 from bench.run import Run
 from bench.targets import Target
@@ -44,11 +46,14 @@ def window(
     warmup: float,
     duration: float,
     drain: float,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
-    """Start a traffic command on every client; measure CPU over the measuring window."""
+    """Start a traffic command on every client; measure CPU over the measuring window (and
+    sample the server with py-spy when ``profile`` names a file)."""
     fleet.tell(cmds)
     time.sleep(warmup)
     metrics0 = target.metrics()
+    recorder = Recorder(target.pid, duration, profile) if profile and target.pid else None
     server = CpuMeter([target.pid]).start() if target.pid else None
     clients = CpuMeter(fleet.pids).start()
     time.sleep(duration)
@@ -58,6 +63,8 @@ def window(
     replies = fleet.collect(warmup + duration + drain + 60)
     merged = merge(replies, duration)
     merged["client_cpu_pct"] = client_cpu["cpu_pct"]
+    if recorder is not None:
+        merged["profile"] = recorder.finish()
     if server_cpu is not None:
         merged["server_cpu_pct"] = server_cpu["cpu_pct"]
         if merged["acked"]:
