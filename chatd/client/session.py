@@ -173,8 +173,8 @@ class Session:
 
     async def aclose(self) -> None:
         self._done = True
-        if self._ws is not None:
-            await self._ws.aclose()
+        self._give_up()
+        await self._discard()
         self._nursery.cancel_scope.cancel()
 
     # -- internals
@@ -190,12 +190,25 @@ class Session:
             await done.wait()
         finally:
             self._pending.pop(frame["ref"], None)
+        if not box:
+            assert self.closed is not None
+            raise self.closed
         reply = box[0]
         if reply["type"] == "error":
             raise ChatError(reply)
         return reply  # type: ignore[no-any-return]
 
+    async def _discard(self) -> None:
+        """Close the current WebSocket (bounded) and its TCP stream: trio-websocket leaves the
+        stream open when the server closed first."""
+        if self._ws is not None:
+            ws, self._ws = self._ws, None
+            with trio.move_on_after(2):
+                await ws.aclose()
+            await ws._stream.aclose()
+
     async def _connect(self) -> None:
+        await self._discard()
         ws = await connect_websocket_url(
             self._nursery,
             self.client.ws_url,
@@ -230,18 +243,20 @@ class Session:
     async def _keep(self) -> None:
         """Read frames; on a drop, reconnect with jittered exponential backoff."""
         delay = 0.1
-        while True:
+        while not self._done and self._ws is not None:
             try:
-                assert self._ws is not None
                 while True:
                     self._on_frame(self._decode(await self._ws.get_message()))
                     delay = 0.1
             except ConnectionClosed as exc:
+                if self._done:
+                    return
                 self.closed = exc
                 self._up = trio.Event()
                 code = exc.reason.code if exc.reason else 1006
-                if self._done or not self.reconnect or code not in RECONNECT_CODES:
-                    self._in_send.close()
+                if not self.reconnect or code not in RECONNECT_CODES:
+                    self._give_up()
+                    await self._discard()
                     return
             while not self._done:
                 await trio.sleep(random.uniform(0, delay))  # full jitter
@@ -251,6 +266,12 @@ class Session:
                     break
                 except (OSError, HandshakeError, ConnectionClosed, trio.BrokenResourceError):
                     continue
+
+    def _give_up(self) -> None:
+        """The session is over for good: wake every waiting request and iterator."""
+        self._in_send.close()
+        for _, done, _ in self._pending.values():
+            done.set()
 
     def _on_frame(self, frame: dict[str, Any]) -> None:
         kind = frame.get("type")
