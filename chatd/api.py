@@ -105,7 +105,7 @@ class Api:
         for name in ("before", "after", "limit"):
             values = req.query.get(name)
             if values:
-                if len(values) > 1 or not values[0].isdigit():
+                if len(values) > 1 or not (values[0].isascii() and values[0].isdigit()):
                     raise BadRequest(f"{name} must be a non-negative integer")
                 args[name] = int(values[0])
         before, after, limit = history_limits(args)

@@ -48,12 +48,18 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"chatd: config error: {exc}", file=sys.stderr)
         return 2
+    failures: list[BaseException] = []
     try:
         trio.run(_run, config)
-    except StorageUnavailable as exc:
-        print(f"chatd: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"chatd: cannot start: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    except* (OSError, StorageUnavailable) as group:
+        failures = _leaves(group)
+    for failure in failures:
+        print(f"chatd: cannot start: {failure}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out

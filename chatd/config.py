@@ -49,6 +49,8 @@ class ServerConfig:
         host, sep, port = self.listen.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ConfigError(f"server.listen: expected HOST:PORT, got {self.listen!r}")
+        if not self.data.strip():
+            raise ConfigError("server.data: must name a directory")
         if self.public_url and not self.public_url.startswith(("http://", "https://")):
             raise ConfigError("server.public_url: must start with http:// or https://")
         for key in ("drain_timeout", "header_timeout", "keepalive_timeout", "hello_timeout"):

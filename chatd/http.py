@@ -12,6 +12,7 @@ closed after ``server.keepalive_timeout``.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import socket
 from collections.abc import Awaitable, Callable
@@ -31,8 +32,14 @@ from storage import StorageUnavailable
 if TYPE_CHECKING:
     from chatd.app import App
 
+log = logging.getLogger("chatd.http")
 MAX_HEADER_BYTES = 16 * 1024
+LINGER_SECONDS, LINGER_BYTES = 2.0, 4 << 20
 SERVER_HEADER = (b"server", b"chatd")
+
+
+class HeadersTooLarge(ChatError):
+    code, status = "too_large", 431
 
 
 @dataclass
@@ -127,8 +134,9 @@ class HttpConnection:
                 try:
                     with trio.move_on_after(timeout):
                         request = await self._read_request()
-                except ChatError as exc:  # oversize body
+                except ChatError as exc:  # oversize headers or body
                     await self._respond(error_response(exc), close=True)
+                    await self._linger()
                     return
                 except h11.RemoteProtocolError as exc:
                     if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
@@ -136,6 +144,7 @@ class HttpConnection:
                         code = "too_large" if status == 431 else "bad_request"
                         body = {"error": code, "message": f"malformed HTTP request: {exc}"}
                         await self._respond(Response(status, body), close=True)
+                        await self._linger()
                     return
                 if request is None:
                     return
@@ -157,6 +166,16 @@ class HttpConnection:
             return  # the peer went away mid-write
         finally:
             net.close(self.sock)
+
+    async def _linger(self) -> None:
+        """After an error response with the request unread: half-close and discard input for
+        a moment, so the kernel does not answer the unread bytes with a reset that would
+        destroy the response before the client reads it."""
+        self.sock.shutdown(socket.SHUT_WR)
+        discarded = 0
+        with trio.move_on_after(LINGER_SECONDS):
+            while discarded < LINGER_BYTES and (data := await net.recv(self.sock)):
+                discarded += len(data)
 
     async def _upgrade(self, request: Request) -> None:
         """Answer 101 (or an error), then run the WebSocket on this socket with h11 dropped."""
@@ -188,6 +207,10 @@ class HttpConnection:
         if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
             return None
         assert isinstance(event, h11.Request)
+        # h11 only caps an *incomplete* header block; one that arrived whole is measured here.
+        size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
+        if size > MAX_HEADER_BYTES:
+            raise HeadersTooLarge("request header block over 16 KiB")
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers}
         target = urlsplit(event.target.decode("latin-1"))
         request = Request(
@@ -243,3 +266,6 @@ async def run_handler(handler: Handler, request: Request, params: dict[str, str]
         return error_response(exc)
     except StorageUnavailable as exc:
         return error_response(Unavailable(str(exc)))
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return Response(500, {"error": "internal", "message": "internal server error"})

@@ -64,14 +64,18 @@ async def serve(
 ) -> None:
     """Run chatd until :meth:`Server.drain`; ``task_status.started(server)`` once listening."""
     cfg = config.server
-    store = Store(
-        cfg.data,
-        map_size=config.storage.map_size,
-        max_map_size=config.storage.max_map_size,
-        sync=config.storage.sync,
-        max_batch=config.storage.max_batch,
-    )
     listener = _listen(cfg.host, cfg.port)
+    try:
+        store = Store(
+            cfg.data,
+            map_size=config.storage.map_size,
+            max_map_size=config.storage.max_map_size,
+            sync=config.storage.sync,
+            max_batch=config.storage.max_batch,
+        )
+    except BaseException:
+        listener.close()
+        raise
     host, port = listener.getsockname()[:2]
     async with trio.open_nursery() as root:
         await root.start(store.run)

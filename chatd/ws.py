@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import itertools
+import logging
 import math
 import secrets
 import socket
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from chatd.app import App
     from chatd.http import Request
 
+log = logging.getLogger("chatd.ws")
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 REPLAY_CHUNK = 100
 REPLAY_HIGH_WATER = 256 * 1024
@@ -254,6 +256,9 @@ class Conn:
                 self.close(exc.close_code or 4001, exc.code)
         except StorageUnavailable as exc:
             self.send_frame(Unavailable(str(exc)).frame())
+        except Exception:  # a bug: end this connection, not the server
+            log.exception("frame from %s failed", self.user_id or "unauthenticated client")
+            self.close(1011, "internal error")
 
     def _dispatch(self, frame: frames.ClientFrame) -> None:
         if isinstance(frame, frames.Send):

@@ -23,9 +23,13 @@ def prefix(name: str) -> bytes:
     return raw + SEP
 
 
+MAX_ID = (1 << 64) - 1
+
+
 def int_key(name: str, number: int) -> bytes:
-    """``name`` + big-endian ``number``: orders by name, then numerically."""
-    return prefix(name) + number.to_bytes(_INT_BYTES, "big")
+    """``name`` + big-endian ``number``: orders by name, then numerically. Numbers past the
+    8-byte range clamp to its top, so a cursor beyond every id reads as past the end."""
+    return prefix(name) + min(max(number, 0), MAX_ID).to_bytes(_INT_BYTES, "big")
 
 
 def int_suffix(key: bytes) -> int:

@@ -110,6 +110,9 @@ class Env:
                     except lmdb.MapFullError:
                         child.abort()
                         raise
+                    except (lmdb.BadValsizeError, lmdb.KeyExistsError) as exc:
+                        child.abort()  # a bad key or value in this op only
+                        op.result, op.error = None, StorageError(f"bad record: {exc}")
                     except lmdb.Error:
                         child.abort()
                         raise

@@ -276,11 +276,6 @@ def test_bad_value_in_a_file_is_refused_naming_the_key(tmp_path: Path) -> None:
             load(write(tmp_path, text))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: an empty server.data passes validation; `chatd serve --data ''` then "
-    "dies in os.makedirs('') with a traceback instead of a config error naming the key",
-)
 def test_empty_data_dir_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"server\.data"):
         from_mapping({"server": {"data": ""}})
@@ -410,12 +405,6 @@ def test_serve_refuses_bad_config_with_status_2(tmp_path: Path, args: list[str],
     assert name in result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: cli.main catches OSError/StorageUnavailable around trio.run, but the "
-    "nursery in cli._run wraps them in an ExceptionGroup, so start-up failures print a "
-    "traceback instead of `chatd: cannot start: ...`",
-)
 def test_serve_on_a_busy_port_exits_1_with_a_one_line_message(tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

@@ -20,10 +20,6 @@ from chatd.server import Server, serve
 from tests.conftest import PASSWORD, make_config, running
 
 MiB = 1 << 20
-HEADER_BUG = (
-    "server bug: h11's max_incomplete_event_size only limits a header block that is still "
-    "incomplete, so a 17-64 KiB block arriving in one recv() is accepted (200) instead of 431"
-)
 
 
 # -- helpers
@@ -628,11 +624,6 @@ async def test_declared_body_over_one_mib_is_413(server: Server) -> None:
     assert response.headers["connection"] == "close"
 
 
-@pytest.mark.xfail(
-    reason="server bug: after answering 413 it closes with the body unread, so the kernel "
-    "sends RST and a client that writes its whole request before reading gets a connection "
-    "reset instead of the 413 (needs a lingering close: shut down writes, discard input)",
-)
 async def test_sent_body_over_one_mib_is_413(http: HttpClient) -> None:
     """HttpClient writes the whole request, then reads the answer (like most HTTP libraries)."""
     response = await http.request("POST", "/v1/signup", raw=b"x" * (MiB + 1))
@@ -661,8 +652,8 @@ async def test_chunked_body_under_the_limit_is_read(server: Server) -> None:
 @pytest.mark.parametrize(
     "size",
     [
-        pytest.param(17 * 1024, marks=pytest.mark.xfail(reason=HEADER_BUG)),
-        pytest.param(40 * 1024, marks=pytest.mark.xfail(reason=HEADER_BUG)),
+        17 * 1024,
+        40 * 1024,
         200 * 1024,
     ],
 )

@@ -13,9 +13,9 @@ from chatd.server import Server
 from tests.conftest import make_config, make_user, running
 
 
-async def next_msgs(session: Session, n: int, timeout: float = 10) -> list[dict[str, Any]]:
+async def next_msgs(session: Session, n: int) -> list[dict[str, Any]]:
     out = []
-    with trio.fail_after(timeout):
+    with trio.fail_after(10):
         while len(out) < n:
             frame = await session.next_frame()
             if frame["type"] == "msg":

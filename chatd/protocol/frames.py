@@ -20,6 +20,7 @@ from chatd.errors import BadRequest
 SUBPROTOCOL_JSON = "chatd.v1.json"
 SUBPROTOCOL_MSGPACK = "chatd.v1.msgpack"
 REF_MAX = 64
+MAX_INT = (1 << 63) - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +94,21 @@ def _get(obj: dict[str, Any], name: str, kind: type, *, required: bool = True) -
         return None
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise BadRequest(f"field {name!r} must be a {'string' if kind is str else 'integer'}")
-    if isinstance(value, int) and value < 0:
-        raise BadRequest(f"field {name!r} must not be negative")
+    if isinstance(value, int) and not 0 <= value <= MAX_INT:
+        raise BadRequest(f"field {name!r} must be between 0 and {MAX_INT}")
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:  # a lone surrogate from a JSON \ud800 escape
+            raise BadRequest(f"field {name!r} is not valid Unicode") from None
     return value
+
+
+def _ref_field(obj: dict[str, Any]) -> str:
+    ref: str = _get(obj, "ref", str)
+    if not 1 <= len(ref) <= REF_MAX:
+        raise BadRequest(f"ref must be 1 to {REF_MAX} characters")
+    return ref
 
 
 def parse(obj: dict[str, Any]) -> ClientFrame:
@@ -110,9 +123,7 @@ def parse(obj: dict[str, Any]) -> ClientFrame:
 def _parse(obj: dict[str, Any]) -> ClientFrame:
     kind = obj["type"]
     if kind == "send":
-        ref = _get(obj, "ref", str)
-        if not 1 <= len(ref) <= REF_MAX:
-            raise BadRequest(f"ref must be 1 to {REF_MAX} characters")
+        ref = _ref_field(obj)
         to = _get(obj, "to", str, required=False)
         channel = _get(obj, "channel", str, required=False)
         if (to is None) == (channel is None):
@@ -121,7 +132,7 @@ def _parse(obj: dict[str, Any]) -> ClientFrame:
     if kind == "ping":
         return Ping()
     if kind == "history":
-        ref = _get(obj, "ref", str)
+        ref = _ref_field(obj)
         return History(
             ref,
             _get(obj, "channel", str),
