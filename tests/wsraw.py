@@ -30,6 +30,14 @@ def client_frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
     return header + mask + masked
 
 
+OPEN: list[trio.SocketStream] = []  # every stream opened, for tests to close at teardown
+
+
+async def close_all() -> None:
+    while OPEN:
+        await OPEN.pop().aclose()
+
+
 class RawWs:
     def __init__(self, stream: trio.SocketStream, binary: bool) -> None:
         self.stream = stream
@@ -49,6 +57,7 @@ class RawWs:
     ) -> tuple[RawWs | None, bytes]:
         """Handshake; returns (RawWs, response head) or (None, response) if refused."""
         stream = await trio.open_tcp_stream("127.0.0.1", port)
+        OPEN.append(stream)
         key = base64.b64encode(os.urandom(16)).decode()
         lines = [
             "GET /v1/ws HTTP/1.1",

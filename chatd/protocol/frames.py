@@ -82,8 +82,15 @@ def decode(data: str | bytes) -> dict[str, Any]:
 
 
 def _ref(obj: dict[str, Any]) -> str | None:
+    """The frame's ref, if it is one we can echo back in an error frame."""
     ref = obj.get("ref")
-    return ref if isinstance(ref, str) and 1 <= len(ref) <= REF_MAX else None
+    if not isinstance(ref, str) or not 1 <= len(ref) <= REF_MAX:
+        return None
+    try:
+        ref.encode()
+    except UnicodeEncodeError:
+        return None
+    return ref
 
 
 def _get(obj: dict[str, Any], name: str, kind: type, *, required: bool = True) -> Any:
