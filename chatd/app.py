@@ -23,6 +23,8 @@ class App:
         #: Where helper tasks that belong to no single request run (output flushers).
         self.nursery = nursery
         self.draining = False
+        self.open_connections = 0  # TCP connections being served (HTTP or WebSocket)
+        self.refused_connections = 0  # closed at accept because of server.max_connections
         self.http_busy = 0  # HTTP requests being handled right now (drain waits for them)
         self._idle = trio.Event()
         server = config.server

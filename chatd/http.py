@@ -128,6 +128,7 @@ class HttpConnection:
         """Serve requests until the peer leaves, a timeout, an error, or a WebSocket upgrade."""
         cfg = self.app.config.server
         timeout = cfg.header_timeout
+        self.app.open_connections += 1
         try:
             while True:
                 request = None
@@ -165,6 +166,7 @@ class HttpConnection:
         except OSError:
             return  # the peer went away mid-write
         finally:
+            self.app.open_connections -= 1
             net.close(self.sock)
 
     async def _linger(self) -> None:

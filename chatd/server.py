@@ -120,6 +120,10 @@ async def _accept_loop(
                         await trio.sleep(0.1)
                         break
                     raise
+                if app.open_connections >= app.config.server.max_connections:
+                    sock.close()  # at capacity: refuse at once rather than leave it hanging
+                    app.refused_connections += 1
+                    continue
                 sock.setblocking(False)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 conns.start_soon(HttpConnection(app, sock, addr[0]).serve)

@@ -314,3 +314,17 @@ async def test_session_table_does_not_leak(server: Server) -> None:
     # The server still works.
     ws = await hello(server, alice)
     await still_open(ws)
+
+
+async def test_connections_over_max_are_refused_at_accept(data_dir: Path) -> None:
+    async with running(make_config(data_dir, server={"max_connections": 2})) as server:
+        first, _ = await RawWs.connect(server.port)
+        second, _ = await RawWs.connect(server.port)
+        assert first is not None and second is not None
+        third, head = await RawWs.connect(server.port)
+        assert third is None and head == b"\r\n\r\n"  # closed without a response
+        assert server.app.refused_connections == 1
+        await first.aclose()
+        await wait_for(lambda: server.app.open_connections == 1)
+        fourth, _ = await RawWs.connect(server.port)
+        assert fourth is not None
