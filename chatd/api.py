@@ -30,6 +30,11 @@ class Api:
         r.add("PUT", "/v1/friends/{user_id}", self.add_friend)
         r.add("DELETE", "/v1/friends/{user_id}", self.remove_friend)
         r.add("GET", "/v1/channels/{channel_id}/messages", self.channel_messages)
+        r.add("GET", "/v1/channels", self.channels)
+        r.add("POST", "/v1/groups", self.create_group)
+        r.add("GET", "/v1/groups/{channel_id}", self.group)
+        r.add("PUT", "/v1/groups/{channel_id}/members/{user_id}", self.add_member)
+        r.add("DELETE", "/v1/groups/{channel_id}/members/{user_id}", self.remove_member)
 
     async def dispatch(self, request: Request) -> Response:
         async def routed(req: Request) -> Response:
@@ -111,3 +116,19 @@ class Api:
         before, after, limit = history_limits(args)
         page = self.app.store.channel_page(channel_id, before=before, after=after, limit=limit)
         return Response(200, {"messages": [message_view(m) for m in page]})
+
+    async def channels(self, req: Request) -> Response:
+        return Response(200, {"channels": self.app.groups.channel_list(req.user_id)})
+
+    async def create_group(self, req: Request) -> Response:
+        return Response(201, await self.app.groups.create(req.user_id, req.json()))
+
+    async def group(self, req: Request, channel_id: str) -> Response:
+        return Response(200, self.app.groups.get(req.user_id, channel_id))
+
+    async def add_member(self, req: Request, channel_id: str, user_id: str) -> Response:
+        return Response(200, await self.app.groups.add(req.user_id, channel_id, user_id))
+
+    async def remove_member(self, req: Request, channel_id: str, user_id: str) -> Response:
+        await self.app.groups.remove(req.user_id, channel_id, user_id)
+        return Response(204)

@@ -9,8 +9,10 @@ import trio
 from chatd.accounts import Accounts
 from chatd.api import Api
 from chatd.config import Config
+from chatd.groups import Groups
 from chatd.messages import Messenger
 from chatd.ratelimit import RateLimiter
+from chatd.receipts import Receipts
 from chatd.sessions import Sessions
 from chatd.ws import WsServer
 from storage import Store
@@ -42,6 +44,8 @@ class App:
         self.sessions = Sessions()
         self.accounts = Accounts(store, config.security)
         self.messenger = Messenger(self)
+        self.receipts = Receipts(self)
+        self.groups = Groups(self)
         self.ws = WsServer(self)
         self.api = Api(self)
 

@@ -1,14 +1,27 @@
 """Channel ids and membership.
 
 ``dm:<a>:<b>`` is the 1:1 channel of users a < b (string order); its members are in its id.
-``g:<id>`` channels are groups (their members live in storage; see the groups issue).
+``g:<id>`` channels are groups; their members live in storage (``chatd/groups.py``).
 """
 
 from __future__ import annotations
 
+import re
+import secrets
+
 from chatd import validate
 from chatd.errors import BadRequest, Forbidden, NotFound
 from storage import Store
+
+GROUP_ID = re.compile(r"g:[A-Za-z0-9_-]{8,26}")
+
+
+def new_group_id() -> str:
+    return "g:" + secrets.token_urlsafe(12)
+
+
+def is_group(channel: str) -> bool:
+    return channel.startswith("g:")
 
 
 def dm_channel(a: str, b: str) -> str:
@@ -35,7 +48,10 @@ def members(store: Store, channel: str) -> list[str]:
         return users
     if channel.startswith("dm:"):
         raise BadRequest(f"malformed channel id {channel!r}")
-    raise NotFound(f"no channel {channel!r}")
+    group = store.group(channel) if GROUP_ID.fullmatch(channel) else None
+    if group is None:
+        raise NotFound(f"no channel {channel!r}")
+    return group["members"]  # type: ignore[no-any-return]
 
 
 def check_member(store: Store, channel: str, user_id: str) -> list[str]:

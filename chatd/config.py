@@ -68,6 +68,8 @@ class LimitsConfig:
     signup_burst: int = 5
     max_sessions_per_user: int = 10
     max_group_members: int = 100
+    typing_rate: float = 1.0
+    typing_burst: int = 5
     max_body_chars: int = 100_000
     max_frame_bytes: int = 1 << 20
     max_request_body: int = 1 << 20

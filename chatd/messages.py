@@ -17,9 +17,18 @@ import trio
 
 from chatd import channels, validate
 from chatd.accounts import now_ms
-from chatd.errors import BadRequest, ChatError, NotFound, RateLimited, TooLarge, Unavailable
+from chatd.errors import (
+    BadRequest,
+    ChatError,
+    Forbidden,
+    NotFound,
+    RateLimited,
+    TooLarge,
+    Unavailable,
+)
 from chatd.protocol.frames import Encoded, History, Send
 from storage import StorageUnavailable
+from storage import errors as storage_errors
 from storage.messages import Appended, InboxEntry, Message
 
 if TYPE_CHECKING:
@@ -77,6 +86,7 @@ class Messenger:
                 raise RateLimited("sending too fast", retry_after=wait)
             if len(frame.body) > self.max_body:
                 raise TooLarge(f"body over {self.max_body} characters")
+            members: list[str] | None
             if frame.to is not None:
                 to = validate.user_id(frame.to, "to")
                 if to == user:
@@ -86,7 +96,10 @@ class Messenger:
                 channel, members = channels.dm_channel(user, to), [user, to]
             else:
                 channel = frame.channel or ""
-                members = channels.check_member(self.store, channel, user)
+                channels.check_member(self.store, channel, user)
+                # A group's members are read again inside the commit (None), so an add or
+                # remove racing with this send is wholly before or after it.
+                members = None if channels.is_group(channel) else channels.dm_members(channel)
 
             def committed(appended: Appended | None, error: BaseException | None) -> None:
                 self._committed(conn, frame.ref, appended, error)
@@ -113,16 +126,21 @@ class Messenger:
         self, conn: Conn, ref: str, appended: Appended | None, error: BaseException | None
     ) -> None:
         if appended is None:
-            if isinstance(error, StorageUnavailable):
-                text = str(error)
-            else:
-                log.error("send %r of %s failed", ref, conn.user_id, exc_info=error)
-                text = "message not stored"
-            conn.send_frame(Unavailable(text, ref=ref).frame())
+            conn.send_frame(self._commit_error(conn, ref, error).frame())
             return
         conn.send_frame({"type": "ack", "ref": ref, **appended.ack})
         if not appended.duplicate:
             self.fan_out(appended, exclude=conn)
+
+    def _commit_error(self, conn: Conn, ref: str, error: BaseException | None) -> ChatError:
+        if isinstance(error, storage_errors.NotMember):
+            return Forbidden(str(error), ref=ref)
+        if isinstance(error, storage_errors.NotFound):
+            return NotFound(str(error), ref=ref)
+        if isinstance(error, StorageUnavailable):
+            return Unavailable(str(error), ref=ref)
+        log.error("send %r of %s failed", ref, conn.user_id, exc_info=error)
+        return Unavailable("message not stored", ref=ref)
 
     def fan_out(self, appended: Appended, exclude: Conn | None = None) -> None:
         """Deliver a stored message to every online device of every member but ``exclude``."""

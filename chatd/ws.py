@@ -267,10 +267,12 @@ class Conn:
             self.send_frame({"type": "pong"})
         elif isinstance(frame, frames.History):
             self.send_frame(self.app.messenger.history(self.user_id, frame))
-        elif isinstance(frame, frames.Hello):
-            raise BadRequest("already authenticated")
+        elif isinstance(frame, frames.Read):
+            self.app.receipts.read(self, frame)
+        elif isinstance(frame, frames.Typing):
+            self.app.receipts.typing(self, frame)
         else:
-            raise BadRequest(f"{type(frame).__name__.lower()} frames are not supported yet")
+            raise BadRequest("already authenticated")
 
     def _hello(self, hello: frames.Hello) -> None:
         app = self.app
@@ -327,6 +329,11 @@ class Conn:
     # -- writing
     def send_frame(self, frame: dict[str, Any]) -> None:
         self._write(frames.encode(frame, self.binary))
+
+    def send_encoded(self, encoded: frames.Encoded) -> None:
+        """A frame shared with other connections (encoded once per subprotocol)."""
+        if not self.closing:
+            self._write(encoded.get(self.binary))
 
     def deliver(self, seq: int, encoded: frames.Encoded) -> None:
         """A live ``msg`` for inbox ``seq``: dropped while replaying or if already sent."""

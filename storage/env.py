@@ -27,6 +27,7 @@ DATABASES = (
     "messages",  # channel \0 msg_id -> {from, body, ts}
     "inboxes",  # user \0 seq -> [channel, msg_id]
     "refs",  # user \0 ref -> ack
+    "memberships",  # user \0 channel -> {read: msg_id}: the user's channels and read marks
 )
 
 

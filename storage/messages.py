@@ -9,8 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from storage import groups
 from storage.codec import int_key, int_suffix, pack, prefix, str_key, unpack
 from storage.env import Txn
+from storage.scan import after_prefix, last_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,20 +40,6 @@ class Appended:
     duplicate: bool
 
 
-def _after_prefix(name: str) -> bytes:
-    """The smallest key above every key under ``name`` (NUL is the separator, so use 0x01)."""
-    return prefix(name)[:-1] + b"\x01"
-
-
-def last_id(txn: Txn, db: str, name: str) -> int:
-    """The highest integer suffix stored under ``name`` in ``db`` (0 if none)."""
-    cursor = txn.cursor(db)
-    ok = cursor.prev() if cursor.set_range(_after_prefix(name)) else cursor.last()
-    if ok and cursor.key().startswith(prefix(name)):
-        return int_suffix(cursor.key())
-    return 0
-
-
 def get_message(txn: Txn, channel: str, msg_id: int) -> Message | None:
     raw = txn.get("messages", int_key(channel, msg_id))
     if raw is None:
@@ -60,20 +48,42 @@ def get_message(txn: Txn, channel: str, msg_id: int) -> Message | None:
     return Message(channel, msg_id, rec["from"], rec["body"], rec["ts"])
 
 
+def last_message(txn: Txn, channel: str) -> Message | None:
+    msg_id = last_id(txn, "messages", channel)
+    return get_message(txn, channel, msg_id) if msg_id else None
+
+
 def get_ref(txn: Txn, user_id: str, ref: str) -> dict[str, Any] | None:
     raw = txn.get("refs", str_key(user_id, ref))
     return None if raw is None else unpack(raw)
 
 
 def append_message(
-    txn: Txn, *, sender: str, ref: str, channel: str, members: list[str], body: str, ts: int
+    txn: Txn,
+    *,
+    sender: str,
+    ref: str,
+    channel: str,
+    members: list[str] | None,
+    body: str,
+    ts: int,
 ) -> Appended:
-    """Store one message and an inbox entry for every member, or replay the ack for ``ref``."""
+    """Store one message and an inbox entry for every member, or replay the ack for ``ref``.
+
+    ``members=None`` means a group: its members are read (and the sender's membership checked)
+    inside this transaction, so a concurrent add or remove is either wholly before or after.
+    The sender's read mark moves to the new message.
+    """
     ack = get_ref(txn, sender, ref)
     if ack is not None:
         msg = get_message(txn, ack["channel"], ack["msg_id"])
         assert msg is not None
         return Appended(ack, msg, {}, duplicate=True)
+    if members is None:
+        members = groups.group_members(txn, channel, sender)
+    else:
+        for user in members:
+            groups.join(txn, user, channel)
     msg_id = last_id(txn, "messages", channel) + 1
     txn.put("messages", int_key(channel, msg_id), pack({"from": sender, "body": body, "ts": ts}))
     inbox = {}
@@ -81,6 +91,7 @@ def append_message(
         seq = last_id(txn, "inboxes", user) + 1
         txn.put("inboxes", int_key(user, seq), pack([channel, msg_id]))
         inbox[user] = seq
+    groups.mark_read(txn, sender, channel, msg_id)
     ack = {"channel": channel, "msg_id": msg_id, "ts": ts, "inbox": inbox[sender]}
     txn.put("refs", str_key(sender, ref), pack(ack))
     return Appended(ack, Message(channel, msg_id, sender, body, ts), inbox, duplicate=False)
@@ -123,7 +134,7 @@ def read_channel(
                     break
                 rows.append((key, value))
     else:
-        seek = _after_prefix(channel) if before is None else int_key(channel, before)
+        seek = after_prefix(channel) if before is None else int_key(channel, before)
         ok = cursor.prev() if cursor.set_range(seek) else cursor.last()
         while ok and len(rows) < limit:
             key = cursor.key()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import trio
 
-from storage import accounts, messages
+from storage import accounts, groups, messages
 from storage.committer import Committer
 from storage.env import Env
 from storage.messages import Appended, InboxEntry, Message
@@ -92,12 +93,15 @@ class Store:
         sender: str,
         ref: str,
         channel: str,
-        members: list[str],
+        members: list[str] | None,
         body: str,
         ts: int,
         after_commit: Callable[[Appended], None] | None = None,
     ) -> Appended:
         """Store a message with one inbox entry per member, atomically; idempotent per ref.
+
+        ``members=None`` for a group channel: members are read in the transaction, and
+        NotFound / NotMember raised if the group is unknown or the sender not in it.
 
         ``after_commit`` runs on the event loop in commit order (see storage/committer.py).
         """
@@ -118,7 +122,7 @@ class Store:
         sender: str,
         ref: str,
         channel: str,
-        members: list[str],
+        members: list[str] | None,
         body: str,
         ts: int,
         on_done: Callable[[Appended | None, BaseException | None], None],
@@ -151,3 +155,56 @@ class Store:
         return self._read(  # type: ignore[no-any-return]
             messages.read_channel, channel, before=before, after=after, limit=limit
         )
+
+    # -- groups, memberships and read marks
+    def group(self, channel: str) -> dict[str, Any] | None:
+        return self._read(groups.get_group, channel)  # type: ignore[no-any-return]
+
+    async def create_group(
+        self, channel: str, *, name: str, owner: str, members: list[str], created_at: int
+    ) -> dict[str, Any]:
+        fn = partial(
+            groups.create_group,
+            channel=channel,
+            name=name,
+            owner=owner,
+            members=members,
+            created_at=created_at,
+        )
+        return await self.committer.write(fn)
+
+    async def add_member(self, channel: str, user_id: str, *, cap: int) -> dict[str, Any]:
+        fn = partial(groups.add_member, channel=channel, user_id=user_id, cap=cap)
+        return await self.committer.write(fn)
+
+    async def remove_member(self, channel: str, user_id: str) -> dict[str, Any]:
+        return await self.committer.write(
+            partial(groups.remove_member, channel=channel, user_id=user_id)
+        )
+
+    def submit_read(
+        self,
+        user_id: str,
+        channel: str,
+        msg_id: int,
+        on_done: Callable[[bool | None, BaseException | None], None],
+    ) -> None:
+        """Raise a read mark without waiting; ``on_done(changed, error)`` after commit."""
+        fn = partial(groups.mark_read, user_id=user_id, channel=channel, msg_id=msg_id)
+        self.committer.submit(fn, lambda op: on_done(op.result, op.error))
+
+    def channels(self, user_id: str) -> list[ChannelState]:
+        """The user's channels with their last message and the user's read mark."""
+        with self.env.read() as txn:
+            out = []
+            for channel, read in groups.memberships(txn, user_id):
+                last = messages.last_message(txn, channel)
+                out.append(ChannelState(channel, read, last))
+            return out
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelState:
+    channel: str
+    read_msg_id: int
+    last: Message | None

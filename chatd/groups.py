@@ -1,0 +1,112 @@
+"""Groups over HTTP: create, inspect, add and remove members; the user's channel list."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from chatd import channels, validate
+from chatd.accounts import now_ms
+from chatd.errors import BadRequest, Forbidden, NotFound
+from storage import errors as storage_errors
+
+if TYPE_CHECKING:
+    from chatd.app import App
+
+NAME_MAX = 100
+
+
+def group_view(channel: str, group: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "channel_id": channel,
+        "name": group["name"],
+        "owner": group["owner"],
+        "members": list(group["members"]),
+        "created_at": group["created_at"],
+    }
+
+
+class Groups:
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.store = app.store
+        self.cap = app.config.limits.max_group_members
+
+    def _group(self, channel: str) -> dict[str, Any]:
+        group = self.store.group(channel) if channels.GROUP_ID.fullmatch(channel) else None
+        if group is None:
+            raise NotFound(f"no group {channel!r}")
+        return group
+
+    async def create(self, owner: str, data: dict[str, Any]) -> dict[str, Any]:
+        name = validate.field(data, "name", str)
+        if not 1 <= len(name.strip()) <= NAME_MAX:
+            raise BadRequest(f"name must be 1 to {NAME_MAX} characters")
+        raw = validate.field(data, "members", list, required=False) or []
+        members = [owner]
+        for user in raw:
+            user = validate.user_id(user, "members[]")
+            if user not in members:
+                members.append(user)
+        if len(members) > self.cap:
+            raise BadRequest(f"a group has at most {self.cap} members, the owner included")
+        for user in members[1:]:
+            if self.store.account(user) is None:
+                raise NotFound(f"no user {user!r}")
+        channel = channels.new_group_id()
+        group = await self.store.create_group(
+            channel, name=name.strip(), owner=owner, members=members, created_at=now_ms()
+        )
+        return group_view(channel, group)
+
+    def get(self, user_id: str, channel: str) -> dict[str, Any]:
+        group = self._group(channel)
+        if user_id not in group["members"]:
+            raise Forbidden(f"you are not a member of {channel}")
+        return group_view(channel, group)
+
+    async def add(self, user_id: str, channel: str, member: str) -> dict[str, Any]:
+        group = self._group(channel)
+        if group["owner"] != user_id:
+            raise Forbidden("only the group's owner adds members")
+        member = validate.user_id(member)
+        if self.store.account(member) is None:
+            raise NotFound(f"no user {member!r}")
+        try:
+            group = await self.store.add_member(channel, member, cap=self.cap)
+        except storage_errors.GroupFull as exc:
+            raise BadRequest(str(exc)) from None
+        return group_view(channel, group)
+
+    async def remove(self, user_id: str, channel: str, member: str) -> None:
+        group = self._group(channel)
+        if user_id != member and group["owner"] != user_id:
+            raise Forbidden("only the owner removes others; a member may remove itself")
+        if user_id not in group["members"]:
+            raise Forbidden(f"you are not a member of {channel}")
+        await self.store.remove_member(channel, validate.user_id(member))
+
+    def channel_list(self, user_id: str) -> list[dict[str, Any]]:
+        """The user's channels, most recent activity first, with read marks and unread counts."""
+        rows = []
+        for state in self.store.channels(user_id):
+            last_id = state.last.msg_id if state.last else 0
+            if channels.is_group(state.channel):
+                group = self.store.group(state.channel)
+                kind, name = "group", group["name"] if group else ""
+            else:
+                users = channels.dm_members(state.channel) or []
+                other = next((u for u in users if u != user_id), user_id)
+                account = self.store.account(other)
+                kind, name = "dm", account["display_name"] if account else other
+            read = min(state.read_msg_id, last_id)
+            row = {
+                "channel_id": state.channel,
+                "kind": kind,
+                "name": name,
+                "last_msg_id": last_id,
+                "read_msg_id": read,
+                "unread": last_id - read,
+            }
+            rows.append((state.last.ts if state.last else 0, row))
+        rows.sort(key=lambda r: r[0], reverse=True)
+        return [row for _, row in rows]

@@ -1,0 +1,106 @@
+"""Transaction functions for groups and per-user channel memberships (with read marks).
+
+A group record is ``{name, owner, members, created_at}`` under its channel id. Every user has a
+membership record per channel (``user \\0 channel -> {read}``): for groups from the moment they
+join, for 1:1 channels from the first message. It lists a user's channels and keeps their read
+mark; a channel's last msg_id is derived from the messages themselves.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from storage.codec import pack, prefix, str_key, str_suffix, unpack
+from storage.env import Txn
+from storage.errors import Conflict, GroupFull, NotFound, NotMember
+from storage.scan import last_id
+
+
+def get_group(txn: Txn, channel: str) -> dict[str, Any] | None:
+    raw = txn.get("groups", channel.encode())
+    return None if raw is None else unpack(raw)
+
+
+def _put_group(txn: Txn, channel: str, group: dict[str, Any]) -> None:
+    txn.put("groups", channel.encode(), pack(group))
+
+
+def group_members(txn: Txn, channel: str, user_id: str) -> list[str]:
+    """Members of group ``channel``, checking ``user_id`` is one."""
+    group = get_group(txn, channel)
+    if group is None:
+        raise NotFound(f"no group {channel!r}")
+    if user_id not in group["members"]:
+        raise NotMember(f"{user_id} is not a member of {channel}")
+    return group["members"]  # type: ignore[no-any-return]
+
+
+def join(txn: Txn, user_id: str, channel: str) -> None:
+    """Record membership; the read mark starts at the channel's current end."""
+    key = str_key(user_id, channel)
+    if txn.get("memberships", key) is None:
+        txn.put("memberships", key, pack({"read": last_id(txn, "messages", channel)}))
+
+
+def create_group(
+    txn: Txn, channel: str, *, name: str, owner: str, members: list[str], created_at: int
+) -> dict[str, Any]:
+    if get_group(txn, channel) is not None:
+        raise Conflict(f"group {channel!r} exists")
+    group = {"name": name, "owner": owner, "members": members, "created_at": created_at}
+    _put_group(txn, channel, group)
+    for user in members:
+        join(txn, user, channel)
+    return group
+
+
+def add_member(txn: Txn, channel: str, user_id: str, *, cap: int) -> dict[str, Any]:
+    group = get_group(txn, channel)
+    if group is None:
+        raise NotFound(f"no group {channel!r}")
+    if user_id not in group["members"]:
+        if len(group["members"]) >= cap:
+            raise GroupFull(f"group is full ({cap} members)")
+        group["members"].append(user_id)
+        _put_group(txn, channel, group)
+        join(txn, user_id, channel)
+    return group
+
+
+def remove_member(txn: Txn, channel: str, user_id: str) -> dict[str, Any]:
+    """Remove a member; if the owner leaves, the longest-standing member becomes owner."""
+    group = get_group(txn, channel)
+    if group is None:
+        raise NotFound(f"no group {channel!r}")
+    if user_id in group["members"]:
+        group["members"].remove(user_id)
+        if group["owner"] == user_id:
+            group["owner"] = group["members"][0] if group["members"] else ""
+        _put_group(txn, channel, group)
+        txn.delete("memberships", str_key(user_id, channel))
+    return group
+
+
+def mark_read(txn: Txn, user_id: str, channel: str, msg_id: int) -> bool:
+    """Raise the user's read mark to ``msg_id``; False (nothing stored) if it was not higher."""
+    key = str_key(user_id, channel)
+    raw = txn.get("memberships", key)
+    record = {"read": 0} if raw is None else unpack(raw)
+    if msg_id <= record["read"]:
+        return False
+    record["read"] = msg_id
+    txn.put("memberships", key, pack(record))
+    return True
+
+
+def memberships(txn: Txn, user_id: str) -> list[tuple[str, int]]:
+    """(channel, read mark) for every channel of the user."""
+    start = prefix(user_id)
+    out = []
+    cursor = txn.cursor("memberships")
+    if cursor.set_range(start):
+        for key, value in cursor:
+            if not key.startswith(start):
+                break
+            out.append((str_suffix(key), unpack(value)["read"]))
+    return out
