@@ -244,9 +244,10 @@ class Session:
         """Read frames; on a drop, reconnect with jittered exponential backoff."""
         delay = 0.1
         while not self._done and self._ws is not None:
+            ws = self._ws  # aclose() may clear self._ws while we wait
             try:
                 while True:
-                    self._on_frame(self._decode(await self._ws.get_message()))
+                    self._on_frame(self._decode(await ws.get_message()))
                     delay = 0.1
             except ConnectionClosed as exc:
                 if self._done:
@@ -292,4 +293,5 @@ class Session:
         elif kind == "synced":
             self.cursor = max(self.cursor or 0, frame["head"])
             self.synced.set()
-        self._in_send.send_nowait(frame)
+        if not self._done:
+            self._in_send.send_nowait(frame)
