@@ -87,8 +87,10 @@ def summary(results: dict[str, Any], idle: int) -> dict[str, Any]:
                 "deliver_ms": {k: d.get(k, 0) / 1000 for k in ("p50", "p90", "p99", "max")},
                 "ack_ms": {k: a.get(k, 0) / 1000 for k in ("p50", "p90", "p99", "max")},
                 "server_cpu_pct": run.get("server_cpu_pct"),
+                "server_sys_pct": run.get("server_sys_pct"),
                 "server_us_per_msg": run.get("server_us_per_msg"),
                 "client_cpu_pct": run["client_cpu_pct"],
+                "mean_batch": run.get("mean_batch"),
             }
     goals: dict[str, Any] = {}
     for rate, row in rows.get("chatd", {}).items():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import shutil
 import sys
 import tempfile
@@ -47,11 +48,11 @@ async def profile(args: argparse.Namespace, workdir: Path) -> list[tuple[str, fl
             sessions = [(tokens[names[i % len(names)]], None) for i in range(args.conns)]
             await trio.sleep(0.5)
             gc.collect()
-            rss0, snap0 = rss_kib(0), tracemalloc.take_snapshot()
+            rss0, snap0 = rss_kib(os.getpid()), tracemalloc.take_snapshot()
             reply = await trio.to_thread.run_sync(fleet.connect, sessions)
             await trio.sleep(1.0)
             gc.collect()
-            rss1, snap1 = rss_kib(0), tracemalloc.take_snapshot()
+            rss1, snap1 = rss_kib(os.getpid()), tracemalloc.take_snapshot()
             held = reply["open"]
             await trio.to_thread.run_sync(fleet.close)
         finally:
@@ -59,9 +60,11 @@ async def profile(args: argparse.Namespace, workdir: Path) -> list[tuple[str, fl
             server.drain()
     diffs = snap1.compare_to(snap0, "lineno")
     total = sum(d.size_diff for d in diffs)
-    print(f"{held} connections: RSS +{(rss1 - rss0) / held:.2f} KiB/conn, "
-          f"traced Python allocations +{total / held / 1024:.2f} KiB/conn")  # fmt: skip
-    rows = []
+    head = (
+        f"{held} connections: RSS +{(rss1 - rss0) / held:.2f} KiB/conn (tracemalloc's own "
+        f"bookkeeping included), traced Python allocations +{total / held / 1024:.2f} KiB/conn"
+    )
+    rows = [(head, 0.0, 0)]
     for d in diffs[: args.top]:
         frame = d.traceback[0]
         where = f"{Path(frame.filename).name}:{frame.lineno}"
@@ -86,6 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--conns", type=int, default=2000)
     p.add_argument("--users", type=int, default=20)
     p.add_argument("--top", type=int, default=25)
+    p.add_argument("--out", type=Path, help="also write the table to this file")
     args = p.parse_args(argv)
     tracemalloc.start(1)
     workdir = Path(tempfile.mkdtemp(prefix="chatd-memprofile-"))
@@ -93,10 +97,12 @@ def main(argv: list[str] | None = None) -> None:
         rows = trio.run(profile, args, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    print(f"{'bytes/conn':>10} {'objects':>8}  where")
-    for where, per_conn, count in rows:
-        print(f"{per_conn:10.0f} {count:8d}  {where}")
-    sys.stdout.flush()
+    lines = [rows[0][0], f"{'bytes/conn':>10} {'objects':>8}  where"]
+    lines += [f"{per:10.0f} {count:8d}  {where}" for where, per, count in rows[1:]]
+    text = "\n".join(lines) + "\n"
+    sys.stdout.write(text)
+    if args.out is not None:
+        args.out.write_text(text)
 
 
 if __name__ == "__main__":

@@ -44,11 +44,16 @@ def pin(pid: int, cpus: set[int]) -> None:
             pass
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of the whole process (all threads) so far."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of the whole process (all threads) so far."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of the whole process (all threads) so far."""
+    return sum(cpu_times(pid))
 
 
 def rss_kib(pid: int) -> int:
@@ -69,17 +74,27 @@ class CpuMeter:
     def __init__(self, pids: list[int]) -> None:
         self.pids = pids
         self._t0 = 0.0
-        self._c0: list[float] = []
+        self._c0: list[tuple[float, float]] = []
 
     def start(self) -> CpuMeter:
         self._t0 = time.monotonic()
-        self._c0 = [cpu_seconds(p) for p in self.pids]
+        self._c0 = [cpu_times(p) for p in self.pids]
         return self
 
     def stop(self) -> dict[str, float]:
+        """cpu_pct (user + system), sys_pct (system alone), cpu_s, secs."""
         secs = time.monotonic() - self._t0
-        used = sum(cpu_seconds(p) - c for p, c in zip(self.pids, self._c0, strict=True))
-        return {"cpu_pct": 100.0 * used / secs if secs > 0 else 0.0, "cpu_s": used, "secs": secs}
+        user = sys_ = 0.0
+        for pid, (u0, s0) in zip(self.pids, self._c0, strict=True):
+            u1, s1 = cpu_times(pid)
+            user, sys_ = user + u1 - u0, sys_ + s1 - s0
+        pct = 100.0 / secs if secs > 0 else 0.0
+        return {
+            "cpu_pct": (user + sys_) * pct,
+            "sys_pct": sys_ * pct,
+            "cpu_s": user + sys_,
+            "secs": secs,
+        }
 
 
 class Proc:

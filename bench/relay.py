@@ -60,6 +60,7 @@ def one_target(run: Run, args: argparse.Namespace, kind: str) -> dict[str, Any]:
                     f"clients {r['client_cpu_pct']:.0f}%, "
                     f"p99 deliver {r['deliver_us'].get('p99', 0) / 1000:.1f} ms, "
                     f"errors {r['error_codes'] or 0}"
+                    + (f", mean batch {r['mean_batch']:.0f}" if r.get("mean_batch") else "")
                 )
                 settle(args.settle)
             return {"label": target.label, "connect": connect, "windows": windows}
@@ -86,9 +87,12 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
             "delivered_per_s": best["delivered_per_s"],
             "best_window": best["window"],
             "server_cpu_pct": best.get("server_cpu_pct"),
+            "server_sys_pct": best.get("server_sys_pct"),
             "server_us_per_msg": best.get("server_us_per_msg"),
             "client_cpu_pct": best["client_cpu_pct"],
             "p99_deliver_ms": best["deliver_us"].get("p99", 0) / 1000,
+            "mean_batch": best.get("mean_batch"),
+            "lmdb_commits_per_s": best.get("lmdb_commits_per_s"),
         }
     ratios = {}
     goals = {}

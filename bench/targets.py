@@ -48,6 +48,7 @@ class Target:
     proc: Proc | None = None
     pid: int | None = None
     http_url: str | None = None
+    data_dir: Path | None = None
     notes: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -59,6 +60,26 @@ class Target:
         if self.http_url is None:
             return {u: u for u in user_ids}
         return users.signup_and_login(self.http_url, user_ids)
+
+    def commits(self) -> int | None:
+        """LMDB write transactions committed so far (``last_txnid``), read from the data dir.
+
+        chatd commits each group-commit batch as one top-level transaction (ops are nested
+        transactions, which take no txnid of their own), so commits between two readings give
+        the batch count, and messages / batches the mean batch size.
+        """
+        if self.data_dir is None:
+            return None
+        import lmdb
+
+        try:
+            env = lmdb.open(str(self.data_dir), readonly=True, lock=True, max_dbs=0)
+        except lmdb.Error:
+            return None
+        try:
+            return int(env.info()["last_txnid"])
+        finally:
+            env.close()
 
     def metrics(self) -> dict[str, float] | None:
         """Group-commit counters from ``/metrics`` if chatd exposes them, else None."""
@@ -87,7 +108,7 @@ def start_chatd(procs: Procs, workdir: Path, config_text: str, tag: str) -> Targ
     line = proc.wait_log("chatd listening on http://", timeout=60)
     url = line.split("listening on ", 1)[1].strip()
     host, port = url.removeprefix("http://").rsplit(":", 1)
-    return Target("chatd", host, int(port), proc=proc, pid=proc.pid, http_url=url)
+    return Target("chatd", host, int(port), proc=proc, pid=proc.pid, http_url=url, data_dir=data)
 
 
 def start_baseline(procs: Procs, workdir: Path, kind: str, tag: str) -> Target:

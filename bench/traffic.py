@@ -52,14 +52,14 @@ def window(
     sample the server with py-spy when ``profile`` names a file)."""
     fleet.tell(cmds)
     time.sleep(warmup)
-    metrics0 = target.metrics()
+    metrics0, commits0 = target.metrics(), target.commits()
     recorder = Recorder(target.pid, duration, profile) if profile and target.pid else None
     server = CpuMeter([target.pid]).start() if target.pid else None
     clients = CpuMeter(fleet.pids).start()
     time.sleep(duration)
     client_cpu = clients.stop()
     server_cpu = server.stop() if server is not None else None
-    metrics1 = target.metrics()
+    metrics1, commits1 = target.metrics(), target.commits()
     replies = fleet.collect(warmup + duration + drain + 60)
     merged = merge(replies, duration)
     merged["client_cpu_pct"] = client_cpu["cpu_pct"]
@@ -67,8 +67,14 @@ def window(
         merged["profile"] = recorder.finish()
     if server_cpu is not None:
         merged["server_cpu_pct"] = server_cpu["cpu_pct"]
+        merged["server_sys_pct"] = server_cpu["sys_pct"]
         if merged["acked"]:
             merged["server_us_per_msg"] = server_cpu["cpu_s"] / merged["acked"] * 1e6
+    if commits0 is not None and commits1 is not None:
+        # Counted over the CPU window, not the clients' window: a close estimate.
+        merged["lmdb_commits_per_s"] = (commits1 - commits0) / duration
+        if commits1 > commits0:
+            merged["mean_batch"] = merged["acked"] / (commits1 - commits0)
     if metrics0 and metrics1:
         merged["commit_metrics"] = {k: metrics1[k] - metrics0.get(k, 0) for k in metrics1}
     return merged
