@@ -31,6 +31,7 @@ class Api:
         r.add("DELETE", "/v1/friends/{user_id}", self.remove_friend)
         r.add("GET", "/v1/channels/{channel_id}/messages", self.channel_messages)
         r.add("GET", "/v1/channels", self.channels)
+        r.add("GET", "/v1/presence", self.presence)
         r.add("POST", "/v1/groups", self.create_group)
         r.add("GET", "/v1/groups/{channel_id}", self.group)
         r.add("PUT", "/v1/groups/{channel_id}/members/{user_id}", self.add_member)
@@ -132,3 +133,7 @@ class Api:
     async def remove_member(self, req: Request, channel_id: str, user_id: str) -> Response:
         await self.app.groups.remove(req.user_id, channel_id, user_id)
         return Response(204)
+
+    async def presence(self, req: Request) -> Response:
+        targets = [validate.user_id(u) for u in req.query.get("user_id", [])]
+        return Response(200, {"presence": self.app.presence.query(req.user_id, targets)})

@@ -11,6 +11,7 @@ from chatd.api import Api
 from chatd.config import Config
 from chatd.groups import Groups
 from chatd.messages import Messenger
+from chatd.presence import Presence
 from chatd.ratelimit import RateLimiter
 from chatd.receipts import Receipts
 from chatd.sessions import Sessions
@@ -46,6 +47,7 @@ class App:
         self.messenger = Messenger(self)
         self.receipts = Receipts(self)
         self.groups = Groups(self)
+        self.presence = Presence(self)
         self.ws = WsServer(self)
         self.api = Api(self)
 

@@ -116,11 +116,29 @@ class SecurityConfig:
 
 
 @dataclass(frozen=True)
+class PresenceConfig:
+    timeout: float = 30.0
+    grace: float = 5.0
+    sweep_interval: float = 1.0
+    tcp_keepidle: int = 30
+    tcp_keepintvl: int = 10
+    tcp_keepcnt: int = 3
+    tcp_user_timeout: float = 60.0
+
+    def validate(self) -> None:
+        for f in fields(self):
+            _positive(f"presence.{f.name}", getattr(self, f.name))
+        if self.sweep_interval > self.timeout:
+            raise ConfigError("presence.sweep_interval: must not exceed presence.timeout")
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    presence: PresenceConfig = field(default_factory=PresenceConfig)
 
     def validate(self) -> Config:
         for f in fields(self):

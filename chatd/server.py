@@ -20,6 +20,7 @@ from chatd import net
 from chatd.app import App
 from chatd.config import Config
 from chatd.http import HttpConnection
+from chatd.presence import set_keepalive
 from storage import Store
 
 log = logging.getLogger("chatd")
@@ -85,6 +86,7 @@ async def serve(
                 server = Server(app, host, port)
                 accept_scope = trio.CancelScope()
                 conns.start_soon(_accept_loop, app, listener, conns, accept_scope)
+                conns.start_soon(app.presence.run)
                 _tune_gc()
                 print(f"chatd listening on http://{host}:{port}", file=sys.stderr, flush=True)
                 task_status.started(server)
@@ -126,6 +128,7 @@ async def _accept_loop(
                     continue
                 sock.setblocking(False)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                set_keepalive(sock, app.config.presence)
                 conns.start_soon(HttpConnection(app, sock, addr[0]).serve)
                 accepted += 1
                 if accepted % GC_FREEZE_EVERY == 0:

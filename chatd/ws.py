@@ -126,6 +126,7 @@ class Conn:
         "syncing",
         "replay_from",
         "heard_at",
+        "timed_out",
     )
 
     def __init__(self, app: App, sock: socket.socket, binary: bool, trailing: bytes) -> None:
@@ -151,6 +152,7 @@ class Conn:
         self.syncing = False
         self.replay_from: int | None = None
         self.heard_at = 0.0
+        self.timed_out = False
 
     # -- lifecycle
     async def run(self) -> None:
@@ -165,6 +167,7 @@ class Conn:
         finally:
             if self.user_id:
                 self.app.sessions.remove(self)
+                self.app.presence.disconnected(self, timed_out=self.timed_out)
             await self._shutdown()
 
     def close(self, code: int, reason: str = "") -> None:
@@ -287,12 +290,14 @@ class Conn:
         assert self.scope is not None
         self.scope.deadline = math.inf
         app.sessions.add(self)
+        app.presence.connected(self)
         head = app.store.inbox_head(user)
         self.send_frame(
             {"type": "welcome", "user_id": user, "device_id": self.device_id, "inbox_head": head}
         )
         if hello.since is None:
             self.last_seq = head
+            app.presence.snapshot(self)
         else:
             self.syncing = True
             self.replay_from = hello.since
@@ -325,6 +330,7 @@ class Conn:
         self.last_seq = head
         self.syncing = False
         self.send_frame({"type": "synced", "head": head})
+        self.app.presence.snapshot(self)
 
     # -- writing
     def send_frame(self, frame: dict[str, Any]) -> None:

@@ -60,6 +60,16 @@ class Store:
             partial(accounts.update_account, user_id=user_id, changes=changes)
         )
 
+    def submit_update(
+        self,
+        user_id: str,
+        changes: dict[str, Any],
+        on_done: Callable[[Any, BaseException | None], None],
+    ) -> None:
+        """:meth:`update_account` without waiting (raises ``trio.WouldBlock`` if queue full)."""
+        fn = partial(accounts.update_account, user_id=user_id, changes=changes)
+        self.committer.submit(fn, lambda op: on_done(op.result, op.error))
+
     def token(self, digest: bytes) -> dict[str, Any] | None:
         return self._read(accounts.get_token, digest)  # type: ignore[no-any-return]
 
