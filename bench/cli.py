@@ -60,6 +60,16 @@ def _common(
     p.add_argument("--settle", type=float, default=2.0, help="seconds to let the server settle (2)")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (logs, data)")
     p.add_argument(
+        "--hb-interval",
+        type=float,
+        default=20.0,
+        help="every connection sends a heartbeat this often, seconds; 0: never (20; chatd "
+        "closes a device silent for presence.timeout, 30 s)",
+    )
+    p.add_argument(
+        "--hb-kind", choices=["ws", "app"], default="ws", help="WebSocket ping or {type: ping} (ws)"
+    )
+    p.add_argument(
         "--profile",
         action="store_true",
         help="sample each server with py-spy in every measuring window (raw stacks kept)",
@@ -98,16 +108,7 @@ def parser() -> argparse.ArgumentParser:
         "--concurrency", type=int, default=256, help="handshakes in flight per client (256)"
     )
     p.add_argument("--idle-secs", type=float, default=10.0, help="idle CPU window per step (10)")
-    p.add_argument(
-        "--hb-interval",
-        type=float,
-        default=30.0,
-        help="heartbeat interval at the last step; 0 skips (30)",
-    )
-    p.add_argument("--hb-secs", type=float, default=30.0, help="heartbeat CPU window (30)")
-    p.add_argument(
-        "--hb-kind", choices=["ws", "app"], default="ws", help="WebSocket ping or {type: ping} (ws)"
-    )
+    p.add_argument("--hb-secs", type=float, default=30.0, help="last step's long CPU window (30)")
     p.set_defaults(func=density.run, plot=plots.density)
 
     p = sub.add_parser("relay", help="saturated 1:1 relay with a send window, vs the baselines")

@@ -89,7 +89,8 @@ class Run:
         return self.procs.stop(target.proc)
 
     def fleet(self, target: Target, clients: int, max_secs: float = 3600.0) -> Fleet:
-        return Fleet(
+        """Load clients for ``target``; all their connections heartbeat (``--hb-interval``)."""
+        fleet = Fleet(
             self.procs,
             self.workdir,
             host=target.host,
@@ -99,6 +100,11 @@ class Run:
             cpus=CLIENT_CPU if self.pinned else None,
             max_secs=max_secs,
         )
+        interval = getattr(self.args, "hb_interval", 0.0)
+        if interval > 0:
+            kind = getattr(self.args, "hb_kind", "ws")
+            fleet.ask_all({"cmd": "heartbeat", "interval": interval, "kind": kind}, 30)
+        return fleet
 
     def profile_path(self, target: Target, label: str) -> Path | None:
         """Where ``--profile`` keeps py-spy's raw stacks for one window (None: not profiling)."""

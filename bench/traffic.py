@@ -63,6 +63,9 @@ def window(
     replies = fleet.collect(warmup + duration + drain + 60)
     merged = merge(replies, duration)
     merged["client_cpu_pct"] = client_cpu["cpu_pct"]
+    expected = sum(fleet.sessions)
+    if merged["open"] < expected:
+        run.log(f"{target.kind}: WARNING {expected - merged['open']} connections lost")
     if recorder is not None:
         merged["profile"] = recorder.finish()
     if server_cpu is not None:
