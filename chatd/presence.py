@@ -64,8 +64,8 @@ class Presence:
         self.tick = cfg.sweep_interval
         self._wheel: dict[int, list[Conn]] = {}
         self._swept = int(trio.current_time() // self.tick)
-        #: users whose last device left, with the trio time their offline is announced
-        self._leaving: dict[str, float] = {}
+        #: users whose last device left: (trio time their offline is due, last heard in ms)
+        self._leaving: dict[str, tuple[float, int]] = {}
 
     # -- device events (called by chatd/ws.py)
     def connected(self, conn: Conn) -> None:
@@ -87,7 +87,7 @@ class Presence:
         elif timed_out:
             self._transition(user, "offline", self._ms(conn.heard_at))
         else:
-            self._leaving[user] = trio.current_time() + self.grace
+            self._leaving[user] = (trio.current_time() + self.grace, self._ms(conn.heard_at))
 
     # -- the sweeper
     async def run(self) -> None:
@@ -110,11 +110,10 @@ class Presence:
                 else:
                     self._schedule(conn, expires)
         self._swept = max(self._swept, due)
-        for user, deadline in list(self._leaving.items()):
+        for user, (deadline, last_active) in list(self._leaving.items()):
             if deadline <= now:
                 del self._leaving[user]
-                if not self.sessions.count(user):
-                    self._transition(user, "offline", self._last_heard_ms(user))
+                self._transition(user, "offline", last_active)
 
     def _schedule(self, conn: Conn, expires: float) -> None:
         slot = max(int(expires // self.tick) + 1, self._swept + 1)
@@ -134,8 +133,13 @@ class Presence:
         if devices:
             last = self._ms(max(d.heard_at for d in devices))
             return {"user_id": user, "status": "online", "last_active": last}
-        status = "online" if user in self._leaving else "offline"
-        return {"user_id": user, "status": status, "last_active": self._last_heard_ms(user) or None}
+        if user in self._leaving:
+            return {"user_id": user, "status": "online", "last_active": self._leaving[user][1]}
+        return {
+            "user_id": user,
+            "status": "offline",
+            "last_active": self._last_heard_ms(user) or None,
+        }
 
     def _store_last_active(self, user: str, last_active: int) -> None:
         try:

@@ -82,9 +82,10 @@ class ChatClient:
 
     @asynccontextmanager
     async def session(
-        self, *, since: int | None = None, reconnect: bool = True
+        self, *, since: int | None = None, reconnect: bool = True, heartbeat: float | None = 10.0
     ) -> AsyncIterator[Session]:
-        """A connected device; ``since`` resumes from a stored cursor."""
+        """A connected device; ``since`` resumes from a stored cursor. A ``ping`` frame goes out
+        every ``heartbeat`` seconds (None: never) so the server keeps the device online."""
         if self.token is None:
             await self.login()
         if not self.ws_url:
@@ -93,6 +94,8 @@ class ChatClient:
             session = Session(self, nursery, since=since, reconnect=reconnect)
             await session._connect()
             nursery.start_soon(session._keep)
+            if heartbeat is not None:
+                nursery.start_soon(session._heartbeat, heartbeat)
             try:
                 yield session
             finally:
@@ -267,6 +270,15 @@ class Session:
                     break
                 except (OSError, HandshakeError, ConnectionClosed, trio.BrokenResourceError):
                     continue
+
+    async def _heartbeat(self, interval: float) -> None:
+        while True:
+            await trio.sleep(interval)
+            if self._up.is_set():
+                try:
+                    await self.send_frame({"type": "ping"})
+                except ConnectionClosed:
+                    pass  # _keep reconnects
 
     def _give_up(self) -> None:
         """The session is over for good: wake every waiting request and iterator."""
