@@ -128,6 +128,7 @@ class HttpConnection:
         """Serve requests until the peer leaves, a timeout, an error, or a WebSocket upgrade."""
         cfg = self.app.config.server
         timeout = cfg.header_timeout
+        handed_off = False
         self.app.open_connections += 1
         try:
             while True:
@@ -150,7 +151,7 @@ class HttpConnection:
                 if request is None:
                     return
                 if request.path == "/v1/ws" and request.is_websocket():
-                    await self._upgrade(request)
+                    handed_off = await self._upgrade(request)
                     return
                 self.app.http_busy += 1
                 try:
@@ -166,8 +167,9 @@ class HttpConnection:
         except OSError:
             return  # the peer went away mid-write
         finally:
-            self.app.open_connections -= 1
-            net.close(self.sock)
+            if not handed_off:
+                self.app.open_connections -= 1
+                net.close(self.sock)
 
     async def _linger(self) -> None:
         """After an error response with the request unread: half-close and discard input for
@@ -179,8 +181,12 @@ class HttpConnection:
             while discarded < LINGER_BYTES and (data := await net.recv(self.sock)):
                 discarded += len(data)
 
-    async def _upgrade(self, request: Request) -> None:
-        """Answer 101 (or an error), then run the WebSocket on this socket with h11 dropped."""
+    async def _upgrade(self, request: Request) -> bool:
+        """Answer 101 and hand the socket to a new WebSocket task (True), or answer an error.
+
+        This task then ends, so nothing of the HTTP exchange (h11 state, request headers, this
+        coroutine's frames) stays alive for the life of the WebSocket.
+        """
         try:
             if request.method != "GET":
                 raise MethodNotAllowed("WebSocket upgrades must use GET")
@@ -189,12 +195,11 @@ class HttpConnection:
             headers, binary = handshake(self.app, request)
         except ChatError as exc:
             await self._respond(error_response(exc), close=True)
-            return
+            return False
         out = self.h11.send(h11.InformationalResponse(status_code=101, headers=headers))
-        trailing = self.h11.trailing_data[0]
-        del self.h11  # handshake state is not kept for the life of the WebSocket
         await net.send_all(self.sock, out)
-        await self.app.ws.serve(self.sock, binary, trailing)
+        self.app.ws.start(self.sock, binary, self.h11.trailing_data[0])
+        return True
 
     async def _next_event(self) -> Any:
         while True:
