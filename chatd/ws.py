@@ -207,35 +207,41 @@ class Conn:
 
     # -- reading
     async def _read_loop(self, max_frame: int) -> None:
-        sock = self.sock
+        # net.recv is inlined and each batch handled in a plain method, so an idle
+        # connection holds one coroutine frame less and no reference to its last bytes/events.
         while not self.closing:
-            # net.recv inlined: one coroutine frame less per idle connection.
-            await trio.lowlevel.wait_readable(sock)
-            try:
-                data = sock.recv(net.RECV_SIZE)
-            except BlockingIOError:
-                continue
-            except OSError:
-                data = b""
-            if not data:
+            await trio.lowlevel.wait_readable(self.sock)
+            if not self._on_readable(max_frame):
                 self.dead = True
                 return
-            self.heard_at = trio.current_time()
-            self.ws.receive_data(data)
-            self.corked = True
-            try:
-                for event in self.ws.events():
-                    self._on_event(event, max_frame)
-                    if self.closing:
-                        break
-            except RemoteProtocolError as exc:
-                hint = exc.event_hint
-                code = hint.code if isinstance(hint, CloseConnection) else 1002
-                self.close(code, str(exc)[:100])
-            finally:
-                self._uncork()
             if self.replay_from is not None and not self.closing:
                 await self._replay()
+
+    def _on_readable(self, max_frame: int) -> bool:
+        """Handle everything one ``recv`` brings, replies corked into one write. False at EOF."""
+        try:
+            data = self.sock.recv(net.RECV_SIZE)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        if not data:
+            return False
+        self.heard_at = trio.current_time()
+        self.ws.receive_data(data)
+        self.corked = True
+        try:
+            for event in self.ws.events():
+                self._on_event(event, max_frame)
+                if self.closing:
+                    break
+        except RemoteProtocolError as exc:
+            hint = exc.event_hint
+            code = hint.code if isinstance(hint, CloseConnection) else 1002
+            self.close(code, str(exc)[:100])
+        finally:
+            self._uncork()
+        return True
 
     def _on_event(self, event: Any, max_frame: int) -> None:
         if isinstance(event, Message):
