@@ -32,6 +32,11 @@ def int_key(name: str, number: int) -> bytes:
     return prefix(name) + min(max(number, 0), MAX_ID).to_bytes(_INT_BYTES, "big")
 
 
+def after_prefix(name: str) -> bytes:
+    """The smallest key above every key under ``name`` (NUL is the separator, so use 0x01)."""
+    return prefix(name)[:-1] + b"\x01"
+
+
 def int_suffix(key: bytes) -> int:
     return int.from_bytes(key[-_INT_BYTES:], "big")
 

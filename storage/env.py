@@ -17,6 +17,7 @@ from typing import Any
 
 import lmdb
 
+from storage.codec import after_prefix, int_suffix, prefix
 from storage.errors import StorageError, StorageUnavailable
 
 DATABASES = (
@@ -32,13 +33,37 @@ DATABASES = (
 
 
 class Txn:
-    """A transaction with its sub-databases at hand: ``txn.get("accounts", key)``."""
+    """A transaction with its sub-databases at hand: ``txn.get("accounts", key)``.
 
-    __slots__ = ("raw", "_dbs")
+    Write transactions also carry the id counters (see :class:`Counters`).
+    """
 
-    def __init__(self, raw: lmdb.Transaction, dbs: dict[str, Any]) -> None:
+    __slots__ = ("raw", "_dbs", "_counters")
+
+    def __init__(
+        self, raw: lmdb.Transaction, dbs: dict[str, Any], counters: Counters | None = None
+    ) -> None:
         self.raw = raw
         self._dbs = dbs
+        self._counters = counters
+
+    def last_id(self, db: str, name: str) -> int:
+        """The highest integer suffix stored under ``name`` in ``db`` (0 if none)."""
+        if self._counters is not None:
+            return self._counters.get(self, db, name)
+        return self.scan_last_id(db, name)
+
+    def claim_id(self, db: str, name: str) -> int:
+        """``last_id + 1``, remembered as taken for the rest of this transaction."""
+        assert self._counters is not None, "ids are claimed in write transactions only"
+        return self._counters.claim(self, db, name)
+
+    def scan_last_id(self, db: str, name: str) -> int:
+        cursor = self.cursor(db)
+        ok = cursor.prev() if cursor.set_range(after_prefix(name)) else cursor.last()
+        if ok and cursor.key().startswith(prefix(name)):
+            return int_suffix(cursor.key())
+        return 0
 
     def get(self, db: str, key: bytes) -> bytes | None:
         return self.raw.get(key, db=self._dbs[db])  # type: ignore[return-value]
@@ -52,6 +77,54 @@ class Txn:
     def cursor(self, db: str) -> Any:
         """An ``lmdb.Cursor`` (typed Any: with ``buffers=False`` keys and values are bytes)."""
         return self.raw.cursor(db=self._dbs[db])
+
+
+class Counters:
+    """The last msg_id of each channel and inbox seq of each user, cached for the writer.
+
+    The truth stays in the keys (the last key under a prefix); this saves the cursor seek per
+    message. Only the committer's thread touches it. Ids claimed in a batch are ``pending``
+    until the batch commits; an op that fails alone has its claims undone; a failed batch
+    drops them all. The cache is simply cleared when it grows past ``limit`` entries.
+    """
+
+    def __init__(self, limit: int = 200_000) -> None:
+        self.committed: dict[tuple[str, str], int] = {}
+        self.pending: dict[tuple[str, str], int] = {}
+        self.undo: dict[tuple[str, str], int | None] = {}
+        self.limit = limit
+
+    def get(self, txn: Txn, db: str, name: str) -> int:
+        key = (db, name)
+        if key in self.pending:
+            return self.pending[key]
+        value = self.committed.get(key)
+        return txn.scan_last_id(db, name) if value is None else value
+
+    def claim(self, txn: Txn, db: str, name: str) -> int:
+        key = (db, name)
+        value = self.get(txn, db, name) + 1
+        if key not in self.undo:
+            self.undo[key] = self.pending.get(key)
+        self.pending[key] = value
+        return value
+
+    def op_done(self, ok: bool) -> None:
+        if not ok:
+            for key, old in self.undo.items():
+                if old is None:
+                    self.pending.pop(key, None)
+                else:
+                    self.pending[key] = old
+        self.undo.clear()
+
+    def batch_done(self, ok: bool) -> None:
+        if ok:
+            if len(self.committed) + len(self.pending) > self.limit:
+                self.committed.clear()
+            self.committed.update(self.pending)
+        self.pending.clear()
+        self.undo.clear()
 
 
 @dataclass
@@ -89,6 +162,7 @@ class Env:
         self.env.set_mapsize(max(map_size, self.env.info()["map_size"]))
         with self.env.begin(write=True) as txn:
             self.dbs = {name: self.env.open_db(name.encode(), txn=txn) for name in DATABASES}
+        self.counters = Counters()
 
     @contextmanager
     def read(self) -> Iterator[Txn]:
@@ -101,33 +175,41 @@ class Env:
         An op that raises is rolled back alone and gets the exception as its result; the rest
         commit together. Raises :class:`MapFull` (nothing applied) when the map must grow.
         """
+        counters = self.counters
+        committed = False
         try:
             with self.env.begin(write=True) as parent:
                 for op in batch:
                     child = self.env.begin(write=True, parent=parent)
                     try:
-                        op.result = op.fn(Txn(child, self.dbs))
+                        op.result = op.fn(Txn(child, self.dbs, counters))
                         op.error = None
                     except lmdb.MapFullError:
                         child.abort()
                         raise
                     except (lmdb.BadValsizeError, lmdb.KeyExistsError) as exc:
                         child.abort()  # a bad key or value in this op only
+                        counters.op_done(False)
                         op.result, op.error = None, StorageError(f"bad record: {exc}")
                     except lmdb.Error:
                         child.abort()
                         raise
                     except Exception as exc:  # the op's own error, handed back to its caller
                         child.abort()
+                        counters.op_done(False)
                         op.result, op.error = None, exc
                     else:
                         child.commit()
+                        counters.op_done(True)
+            committed = True
         except lmdb.MapFullError as exc:
             raise MapFull(str(exc)) from exc
         except lmdb.Error as exc:
             error = StorageUnavailable(f"storage write failed: {exc}")
             for op in batch:
                 op.result, op.error = None, error
+        finally:
+            counters.batch_done(committed)
 
     def grow(self) -> None:
         """Double the map size, up to the configured maximum."""

@@ -13,7 +13,6 @@ from typing import Any
 from storage.codec import pack, prefix, str_key, str_suffix, unpack
 from storage.env import Txn
 from storage.errors import Conflict, GroupFull, NotFound, NotMember
-from storage.scan import last_id
 
 
 def get_group(txn: Txn, channel: str) -> dict[str, Any] | None:
@@ -39,7 +38,7 @@ def join(txn: Txn, user_id: str, channel: str) -> None:
     """Record membership; the read mark starts at the channel's current end."""
     key = str_key(user_id, channel)
     if txn.get("memberships", key) is None:
-        txn.put("memberships", key, pack({"read": last_id(txn, "messages", channel)}))
+        txn.put("memberships", key, pack({"read": txn.last_id("messages", channel)}))
 
 
 def create_group(

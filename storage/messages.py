@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from storage import groups
-from storage.codec import int_key, int_suffix, pack, prefix, str_key, unpack
+from storage.codec import after_prefix, int_key, int_suffix, pack, prefix, str_key, unpack
 from storage.env import Txn
-from storage.scan import after_prefix, last_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +48,7 @@ def get_message(txn: Txn, channel: str, msg_id: int) -> Message | None:
 
 
 def last_message(txn: Txn, channel: str) -> Message | None:
-    msg_id = last_id(txn, "messages", channel)
+    msg_id = txn.last_id("messages", channel)
     return get_message(txn, channel, msg_id) if msg_id else None
 
 
@@ -84,11 +83,11 @@ def append_message(
     else:
         for user in members:
             groups.join(txn, user, channel)
-    msg_id = last_id(txn, "messages", channel) + 1
+    msg_id = txn.claim_id("messages", channel)
     txn.put("messages", int_key(channel, msg_id), pack({"from": sender, "body": body, "ts": ts}))
     inbox = {}
     for user in members:
-        seq = last_id(txn, "inboxes", user) + 1
+        seq = txn.claim_id("inboxes", user)
         txn.put("inboxes", int_key(user, seq), pack([channel, msg_id]))
         inbox[user] = seq
     groups.mark_read(txn, sender, channel, msg_id)

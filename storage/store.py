@@ -151,13 +151,15 @@ class Store:
         self.committer.submit(fn, lambda op: on_done(op.result, op.error))
 
     def inbox_head(self, user_id: str) -> int:
-        return self._read(messages.last_id, "inboxes", user_id)  # type: ignore[no-any-return]
+        with self.env.read() as txn:
+            return txn.last_id("inboxes", user_id)
 
     def inbox(self, user_id: str, after: int, limit: int) -> list[InboxEntry]:
         return self._read(messages.read_inbox, user_id, after, limit)  # type: ignore[no-any-return]
 
     def channel_last_id(self, channel: str) -> int:
-        return self._read(messages.last_id, "messages", channel)  # type: ignore[no-any-return]
+        with self.env.read() as txn:
+            return txn.last_id("messages", channel)
 
     def channel_page(
         self, channel: str, *, before: int | None = None, after: int | None = None, limit: int = 50

@@ -578,3 +578,42 @@ async def test_storage_full_is_unavailable_and_keeps_committed_data(tmp_path: Pa
         assert reopened.channel_last_id("dm:alice:bob") == committed
         assert all(m.body == body for m in reopened.channel_page("dm:alice:bob", limit=1000))
         assert reopened.account("alice") == {"n": 1}
+
+
+async def test_ids_claimed_by_a_failed_op_are_given_again(tmp_path: Path) -> None:
+    """An op that claims msg_ids and inbox seqs, then fails, leaves no gap: its claims are
+    undone with its nested transaction, within the same batch and after it."""
+    store = Store(str(tmp_path / "db"), sync=False)
+
+    def claim_then_fail(txn: Any) -> None:
+        assert txn.claim_id("messages", "dm:alice:bob") == 1
+        assert txn.claim_id("inboxes", "bob") == 1
+        raise storage.Conflict("changed my mind")
+
+    outcomes: dict[str, object] = {}
+
+    async def attempt(name: str, fn: Callable[[], Awaitable[object]]) -> None:
+        try:
+            outcomes[name] = await fn()
+        except storage.StorageError as exc:
+            outcomes[name] = exc
+
+    async with trio.open_nursery() as outer:
+        async with trio.open_nursery() as callers:
+            callers.start_soon(attempt, "fail", lambda: store.committer.write(claim_then_fail))
+            await trio.testing.wait_all_tasks_blocked()
+            callers.start_soon(
+                attempt,
+                "send",
+                lambda: send(store, "alice", "r1", "dm:alice:bob", ["alice", "bob"]),
+            )
+            await trio.testing.wait_all_tasks_blocked()  # both queued: one batch
+            await outer.start(store.run)
+        assert store.committer.batches == 1
+        failed, sent = outcomes["fail"], outcomes["send"]
+        assert isinstance(failed, storage.Conflict)
+        assert isinstance(sent, Appended)
+        assert sent.ack["msg_id"] == 1 and sent.inbox == {"alice": 1, "bob": 1}
+        again = await send(store, "alice", "r2", "dm:alice:bob", ["alice", "bob"])
+        assert again.ack["msg_id"] == 2 and again.inbox == {"alice": 2, "bob": 2}
+        store.close()
