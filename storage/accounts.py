@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from storage.codec import pack, prefix, str_key, str_suffix, unpack
+from storage.codec import pack, str_key, unpack
 from storage.env import Txn
 from storage.errors import Conflict
 
@@ -66,12 +66,4 @@ def remove_friend(txn: Txn, user_id: str, other: str) -> None:
 
 
 def list_friends(txn: Txn, user_id: str) -> list[tuple[str, str]]:
-    start = prefix(user_id)
-    out = []
-    cursor = txn.cursor("friends")
-    if cursor.set_range(start):
-        for key, value in cursor:
-            if not key.startswith(start):
-                break
-            out.append((str_suffix(key), unpack(value)))
-    return out
+    return [(other, unpack(state)) for other, state in txn.scan("friends", user_id)]

@@ -17,7 +17,7 @@ from typing import Any
 
 import lmdb
 
-from storage.codec import after_prefix, int_suffix, prefix
+from storage.codec import after_prefix, int_suffix, prefix, str_suffix
 from storage.errors import StorageError, StorageUnavailable
 
 DATABASES = (
@@ -57,6 +57,16 @@ class Txn:
         """``last_id + 1``, remembered as taken for the rest of this transaction."""
         assert self._counters is not None, "ids are claimed in write transactions only"
         return self._counters.claim(self, db, name)
+
+    def scan(self, db: str, name: str) -> Iterator[tuple[str, bytes]]:
+        """(suffix, value) of every key under ``name`` in ``db``, in key order."""
+        start = prefix(name)
+        cursor = self.cursor(db)
+        if cursor.set_range(start):
+            for key, value in cursor:
+                if not key.startswith(start):
+                    break
+                yield str_suffix(key), value
 
     def scan_last_id(self, db: str, name: str) -> int:
         cursor = self.cursor(db)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from storage.codec import pack, prefix, str_key, str_suffix, unpack
+from storage.codec import pack, str_key, unpack
 from storage.env import Txn
 from storage.errors import Conflict, GroupFull, NotFound, NotMember
 
@@ -94,12 +94,4 @@ def mark_read(txn: Txn, user_id: str, channel: str, msg_id: int) -> bool:
 
 def memberships(txn: Txn, user_id: str) -> list[tuple[str, int]]:
     """(channel, read mark) for every channel of the user."""
-    start = prefix(user_id)
-    out = []
-    cursor = txn.cursor("memberships")
-    if cursor.set_range(start):
-        for key, value in cursor:
-            if not key.startswith(start):
-                break
-            out.append((str_suffix(key), unpack(value)["read"]))
-    return out
+    return [(channel, unpack(raw)["read"]) for channel, raw in txn.scan("memberships", user_id)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,16 @@ async def send(
     return await store.append_message(
         sender=sender, ref=ref, channel=channel, members=members, body=body, ts=1000
     )
+
+
+async def record_outcome(
+    outcomes: dict[str, object], name: str, fn: Callable[[], Awaitable[object]]
+) -> None:
+    """``outcomes[name]`` = what ``fn()`` returned, or the StorageError it raised."""
+    try:
+        outcomes[name] = await fn()
+    except storage.StorageError as exc:
+        outcomes[name] = exc
 
 
 def page_ids(store: Store, channel: str, **kwargs: Any) -> list[int]:
@@ -400,12 +411,7 @@ async def test_failing_op_fails_alone_within_its_batch(tmp_path: Path) -> None:
 
     store = Store(path, sync=False)
     outcomes: dict[str, object] = {}
-
-    async def attempt(name: str, fn: Callable[[], Awaitable[object]]) -> None:
-        try:
-            outcomes[name] = await fn()
-        except storage.StorageError as exc:
-            outcomes[name] = exc
+    attempt = partial(record_outcome, outcomes)
 
     async with trio.open_nursery() as outer:
         async with trio.open_nursery() as callers:
@@ -591,12 +597,7 @@ async def test_ids_claimed_by_a_failed_op_are_given_again(tmp_path: Path) -> Non
         raise storage.Conflict("changed my mind")
 
     outcomes: dict[str, object] = {}
-
-    async def attempt(name: str, fn: Callable[[], Awaitable[object]]) -> None:
-        try:
-            outcomes[name] = await fn()
-        except storage.StorageError as exc:
-            outcomes[name] = exc
+    attempt = partial(record_outcome, outcomes)
 
     async with trio.open_nursery() as outer:
         async with trio.open_nursery() as callers:
