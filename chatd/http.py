@@ -26,7 +26,7 @@ import trio
 
 from chatd import net
 from chatd.errors import BadRequest, ChatError, MethodNotAllowed, NotFound, TooLarge, Unavailable
-from chatd.ws import handshake
+from chatd.handshake import handshake
 from storage import StorageUnavailable
 
 if TYPE_CHECKING:
