@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import density, latency, logins, plots, relay, report, unavailable
+from bench import density, fanout, latency, logins, plots, relay, report, unavailable
 from bench.run import Run, describe_args
 from bench.targets import KINDS
 
@@ -150,12 +150,22 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=1000.0, help="chat msgs/s during the burst (1000)")
     p.set_defaults(func=logins.run, plot=plots.logins)
 
-    for name, check in (("fanout", unavailable.fanout), ("cluster", unavailable.cluster)):
-        p = sub.add_parser(
-            name, help=f"{name} (needs {'groups' if name == 'fanout' else 'shards'})"
-        )
-        _common(p, targets="chatd")
-        p.set_defaults(func=check, plot=None)
+    p = sub.add_parser("fanout", help="100-member groups: group msgs/s and deliveries/s")
+    _common(p, targets="chatd")
+    _traffic(p, pairs=0, warmup=3.0, duration=10.0)
+    p.add_argument("--groups", type=int, default=10, help="groups (10)")
+    p.add_argument(
+        "--members", type=int, default=100, help="members per group, owner included (100)"
+    )
+    p.add_argument("--senders", type=int, default=1, help="sending members per group (1)")
+    p.add_argument(
+        "--windows", type=_ints, default=[1, 4, 16], help="un-acked sends per sender (1,4,16)"
+    )
+    p.set_defaults(func=fanout.run, plot=plots.fanout)
+
+    p = sub.add_parser("cluster", help="relay across 2 local shards vs 1 (needs shards)")
+    _common(p, targets="chatd")
+    p.set_defaults(func=unavailable.cluster, plot=None)
     return top
 
 

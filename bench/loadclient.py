@@ -7,8 +7,9 @@ on stdout. A client exits on ``exit``, when stdin closes (the bench is gone), or
 
 Each connection is an asyncio ``Protocol`` (no stream objects, no task per connection) speaking
 just enough WebSocket (``bench/wire.py``) with the ``chatd.v1.msgpack`` subprotocol. A sender
-connection knows its peer; ``relay`` keeps ``window`` un-acked sends per sender (closed loop),
-``rate`` sends at a fixed total rate (open loop). A send's body starts with its monotonic send
+connection knows its peer (a user id, or a group channel id ``g:...``); ``relay`` keeps
+``window`` un-acked sends per sender (closed loop), ``rate`` sends at a fixed total rate (open
+loop). A send's body starts with its monotonic send
 time in nanoseconds, so whoever receives it can compute send->deliver latency; the sender keeps
 ``ref -> send time`` for send->ack latency. Latencies are kept only for sends made inside the
 measuring window, and reported raw (microseconds) so the bench can merge exact percentiles.
@@ -46,12 +47,25 @@ class ConnectError(Exception):
 class Conn(asyncio.Protocol):
     """One WebSocket connection; ``peer`` is the user it sends to (None: receive only)."""
 
-    __slots__ = ("client", "token", "peer", "transport", "buf", "state", "ready", "out", "code")
+    __slots__ = (
+        "client",
+        "token",
+        "peer",
+        "key",
+        "transport",
+        "buf",
+        "state",
+        "ready",
+        "out",
+        "code",
+    )
 
     def __init__(self, client: LoadClient, token: str, peer: str | None) -> None:
         self.client = client
         self.token = token
         self.peer = peer
+        # A peer that is a group channel id ("g:...") is sent to with ``channel``.
+        self.key = "channel" if peer and peer.startswith("g:") else "to"
         self.transport: Any = None
         self.buf = b""
         self.state = HANDSHAKE
@@ -167,7 +181,8 @@ class LoadClient:
         ref = self.prefix + str(self.seq)
         t = monotonic_ns()
         body = f"{t}|{self.pad}"
-        conn.write(client_frame(packb({"type": "send", "ref": ref, "to": conn.peer, "body": body})))
+        frame = {"type": "send", "ref": ref, conn.key: conn.peer, "body": body}
+        conn.write(client_frame(packb(frame)))
         self.pending[ref] = t
         self.sent += 1
 
@@ -362,14 +377,17 @@ class LoadClient:
         return {"pings": self.pings, "pongs": self.pongs}
 
     async def _beat(self, interval: float, frame: bytes) -> None:
-        tick, credit, i = 0.1, 0.0, 0
+        tick, credit, pos = 0.1, 0.0, 0
         while True:
             await asyncio.sleep(tick)
             conns = self.conns
             credit += len(conns) * tick / interval
             while credit >= 1 and conns:
-                conn = conns[i % len(conns)]
-                i += 1
+                # A cursor, not a counter modulo len: connections appended later must not
+                # shift the ones already in the cycle (a skipped one would fall silent).
+                pos = pos % len(conns)
+                conn = conns[pos]
+                pos += 1
                 credit -= 1
                 if conn.state == OPEN:
                     conn.write(frame)

@@ -133,3 +133,26 @@ def logins(result: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def fanout(result: dict[str, Any], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    r = result["targets"]["chatd"]
+    ws = [w["window"] for w in r["windows"]]
+    ax.plot(ws, [w["delivered_per_s"] for w in r["windows"]], "o-", label="deliveries/s")
+    ax.plot(ws, [w["acked_per_s"] for w in r["windows"]], "x--", label="group messages/s (acked)")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ws, [str(w) for w in ws])
+    ax.set_xlabel("window (un-acked sends per sender)")
+    ax.set_ylabel("per second")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    a = result.get("args", {})
+    text = f"Group fan-out: {a.get('groups')} groups x {a.get('members')} members"
+    ax.set_title(_title(result, text), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
