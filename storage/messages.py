@@ -80,7 +80,7 @@ def append_message(
         return Appended(ack, msg, {}, duplicate=True)
     if members is None:
         members = groups.group_members(txn, channel, sender)
-    else:
+    elif txn.last_id("messages", channel) == 0:  # a 1:1 channel's first message: join both
         for user in members:
             groups.join(txn, user, channel)
     msg_id = txn.claim_id("messages", channel)
