@@ -32,11 +32,8 @@ def measure(run: Run, target: Target, client_pids: list[int], secs: float) -> di
     out: dict[str, Any] = {"client_cpu_pct": clients.stop()["cpu_pct"]}
     if server is not None:
         s = server.stop()
-        out["server_cpu_pct"], out["server_cpu_s"], out["secs"] = (
-            s["cpu_pct"],
-            s["cpu_s"],
-            s["secs"],
-        )
+        out["server_cpu_pct"], out["server_sys_pct"] = s["cpu_pct"], s["sys_pct"]
+        out["server_cpu_s"], out["secs"] = s["cpu_s"], s["secs"]
     return out
 
 
@@ -99,6 +96,8 @@ def measure_steps(
             step["heartbeat"] = heartbeat(run, args, target, fleet)
         status = fleet.status()
         step["held_after"], step["lost"] = status["open"], status["lost"]
+        step["close_reasons"] = status["close_reasons"]
+        step["hb_late_max_s"] = status["hb_late_max"]
         run.log(
             f"{target.kind}: {held} held, RSS {rss} KiB, "
             f"{step.get('kib_per_conn', 0):.2f} KiB/conn, idle CPU "

@@ -105,12 +105,17 @@ class Fleet:
     def status(self) -> dict[str, Any]:
         replies = self.ask_all({"cmd": "status"}, 30)
         lost: dict[str, int] = {}
+        reasons: dict[str, int] = {}
         for r in replies:
             for code, count in r["lost"].items():
                 lost[code] = lost.get(code, 0) + count
+            for why, count in r["close_reasons"].items():
+                reasons[why] = reasons.get(why, 0) + count
         return {
             "open": sum(r["open"] for r in replies),
             "lost": lost,
+            "close_reasons": reasons,
+            "hb_late_max": max(r["hb_late_max"] for r in replies),
             "pings": sum(r["pings"] for r in replies),
             "pongs": sum(r["pongs"] for r in replies),
         }

@@ -34,6 +34,7 @@ from bench import wire
 
 HANDSHAKE, OPEN, CLOSED = 0, 1, 2
 LINGER_RST = struct.pack("ii", 1, 0)
+HB_TICK = 0.1  # heartbeat ticker period, seconds
 monotonic_ns = time.monotonic_ns
 packb = msgpack.packb
 unpackb = msgpack.unpackb
@@ -121,8 +122,12 @@ class Conn(asyncio.Protocol):
                 elif opcode == wire.OP_PING:
                     self.out.append(client_frame(payload, wire.OP_PONG))
                     continue
+                elif opcode == wire.OP_PONG:
+                    client.pongs += 1
+                    continue
                 elif opcode == wire.OP_CLOSE:
                     self.code = wire.close_code(payload)
+                    client.close_reasons[f"{self.code} {payload[2:].decode(errors='replace')}"] += 1
                     self.out.append(wire.close_frame(self.code))
                     break
                 else:
@@ -172,6 +177,10 @@ class LoadClient:
         self.pings = self.pongs = 0
         self.error_codes: Counter[str] = Counter()
         self.lost: Counter[str] = Counter()
+        self.close_reasons: Counter[str] = Counter()  # close frames from the server
+        self.hb_slots: list[list[Conn]] | None = None
+        self._hb_added = 0
+        self.hb_late_max = 0.0  # how late the heartbeat ticker ran at worst, seconds
         self._heartbeat: asyncio.Task[None] | None = None
         self._idle: asyncio.Event | None = None  # set when the last pending send is answered
 
@@ -245,6 +254,7 @@ class LoadClient:
                         conn.transport.abort()
                     return
                 self.conns.append(conn)
+                self._hb_add(conn)
                 if peer:
                     self.senders.append(conn)
 
@@ -365,39 +375,51 @@ class LoadClient:
         return result
 
     def heartbeat(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        """Every connection sends a ping once per ``interval`` s, phases spread evenly."""
+        """Every connection sends a ping once per ``interval`` s, phases spread evenly.
+
+        Connections sit in ``interval / HB_TICK`` time slots (round-robin, also for ones that
+        connect later); each tick pings one slot, so every connection is pinged exactly once
+        per interval however the set grows.
+        """
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             self._heartbeat = None
+        self.hb_slots = None
         interval = float(cmd.get("interval", 0))
         if interval > 0:
             app = cmd.get("kind") == "app"
             frame = client_frame(packb({"type": "ping"})) if app else wire.PING
-            self._heartbeat = asyncio.ensure_future(self._beat(interval, frame))
+            self.hb_slots = [[] for _ in range(max(1, round(interval / HB_TICK)))]
+            for conn in self.conns:
+                self._hb_add(conn)
+            self._heartbeat = asyncio.ensure_future(self._beat(frame))
         return {"pings": self.pings, "pongs": self.pongs}
 
-    async def _beat(self, interval: float, frame: bytes) -> None:
-        tick, credit, pos = 0.1, 0.0, 0
-        while True:
-            await asyncio.sleep(tick)
-            conns = self.conns
-            credit += len(conns) * tick / interval
-            while credit >= 1 and conns:
-                # A cursor, not a counter modulo len: connections appended later must not
-                # shift the ones already in the cycle (a skipped one would fall silent).
-                pos = pos % len(conns)
-                conn = conns[pos]
-                pos += 1
-                credit -= 1
-                if conn.state == OPEN:
-                    conn.write(frame)
-                    self.pings += 1
+    def _hb_add(self, conn: Conn) -> None:
+        if self.hb_slots is not None:
+            self.hb_slots[self._hb_added % len(self.hb_slots)].append(conn)
+            self._hb_added += 1
+
+    async def _beat(self, frame: bytes) -> None:
+        start, done = time.monotonic(), 0
+        while self.hb_slots is not None:
+            await asyncio.sleep(HB_TICK)
+            due = int((time.monotonic() - start) / HB_TICK)
+            self.hb_late_max = max(self.hb_late_max, (due - done - 1) * HB_TICK)
+            while done < due:  # a late tick catches up: no slot is skipped
+                for conn in self.hb_slots[done % len(self.hb_slots)]:
+                    if conn.state == OPEN:
+                        conn.write(frame)
+                        self.pings += 1
+                done += 1
 
     def status(self) -> dict[str, Any]:
         return {
             "open": self.open(),
             "conns": len(self.conns),
             "lost": dict(self.lost),
+            "close_reasons": dict(self.close_reasons),
+            "hb_late_max": self.hb_late_max,
             "pings": self.pings,
             "pongs": self.pongs,
         }
@@ -406,6 +428,7 @@ class LoadClient:
         """Reset every connection (SO_LINGER 0: no TIME_WAIT left on the source ports)."""
         if self._heartbeat is not None:
             self._heartbeat.cancel()
+        self.hb_slots = None
         self.running = False
         for conn in self.conns:
             if conn.transport is not None and not conn.transport.is_closing():
