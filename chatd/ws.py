@@ -1,4 +1,4 @@
-"""WebSocket connections: handshake checks and the per-connection IO shell.
+"""WebSocket connections: the per-connection IO shell (after chatd/handshake.py's 101).
 
 Density is the design goal. Each connection is one task, a non-blocking socket, a frame-level
 ``wsproto.connection.Connection`` (the HTTP handshake was done by h11 and dropped) and one
