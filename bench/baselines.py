@@ -124,7 +124,7 @@ class TrioConn:
     def send_frame(self, frame: dict[str, Any]) -> None:
         from wsproto.events import Message
 
-        self.write(self.ws.send(Message(data=encode(frame, self.binary))))
+        self.write(self.ws.send(Message(data=encode(frame, self.binary))))  # type: ignore[type-var]
 
     def write(self, data: bytes) -> None:
         if self.corked or self.out is not None:
@@ -234,7 +234,8 @@ def _trio_frame(hub: Hub, conn: TrioConn, frame: dict[str, Any]) -> None:
         for target in targets:
             if target.binary not in payloads:
                 payloads[target.binary] = encode(msg, target.binary)
-            target.write(target.ws.send(Message(data=payloads[target.binary])))
+            data = payloads[target.binary]
+            target.write(target.ws.send(Message(data=data)))  # type: ignore[type-var]
     elif kind == "ping":
         conn.send_frame({"type": "pong"})
 

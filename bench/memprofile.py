@@ -45,7 +45,9 @@ async def profile(args: argparse.Namespace, workdir: Path) -> list[tuple[str, fl
                 procs, workdir, host=server.host, port=server.port, path="/v1/ws",
                 clients=1, cpus=None, max_secs=600,
             )  # fmt: skip
-            sessions = [(tokens[names[i % len(names)]], None) for i in range(args.conns)]
+            sessions: list[tuple[str, str | None]] = [
+                (tokens[names[i % len(names)]], None) for i in range(args.conns)
+            ]
             await trio.sleep(0.5)
             gc.collect()
             rss0, snap0 = rss_kib(os.getpid()), tracemalloc.take_snapshot()

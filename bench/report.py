@@ -36,7 +36,7 @@ def machine() -> dict[str, Any]:
             mem_kib = int(next(ln for ln in f if ln.startswith("MemTotal")).split()[1])
     except (OSError, StopIteration):
         pass
-    versions = {}
+    versions: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
             versions[name] = metadata.version(name)

@@ -2,7 +2,8 @@
 
     python -m bench.tables [bench/results]
 
-One row per (run, target), newest run last, from every ``<scenario>-<timestamp>.json``.
+One row per (run, target), newest run last, from every ``<scenario>-<timestamp>.json``; the
+run column gives the git commit measured (``+``: chatd/ or storage/ had uncommitted changes).
 """
 
 from __future__ import annotations
@@ -21,17 +22,19 @@ def _f(value: Any, fmt: str = ",.0f") -> str:
 
 def density(runs: list[tuple[str, dict[str, Any]]]) -> list[str]:
     out = [
-        "| run | server | conns held | KiB/conn | idle CPU | CPU, ping/30 s each | us/ping "
-        "| hellos/s | RSS @200k / 1M |",
+        "| run | server | conns held | KiB/conn | idle CPU | CPU, each conn pinging every N s "
+        "| us/ping | hellos/s | RSS @200k / 1M |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for stamp, r in runs:
+        every = r["args"].get("hb_interval", 30.0)
         for kind, row in r["summary"]["by_target"].items():
             proj = row.get("projected_gib") or {}
             gib = f"{_f(proj.get('200000'), '.1f')} / {_f(proj.get('1000000'), '.1f')} GiB"
             out.append(
                 f"| {stamp} | {kind} | {row['connections']:,} | {_f(row['kib_per_conn'], '.2f')} "
-                f"| {_f(row['idle_cpu_pct'], '.2f')}% | {_f(row['heartbeat_cpu_pct'], '.2f')}% "
+                f"| {_f(row['idle_cpu_pct'], '.2f')}% "
+                f"| {_f(row['heartbeat_cpu_pct'], '.2f')}% (N={every:g}) "
                 f"| {_f(row['us_per_ping'], '.0f')} | {_f(row['hellos_per_s'])} | {gib} |"
             )
     return out
@@ -94,7 +97,30 @@ def logins(runs: list[tuple[str, dict[str, Any]]]) -> list[str]:
     return out
 
 
-TABLES = {"density": density, "relay": relay, "latency": latency, "logins": logins}
+def fanout(runs: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    out = [
+        "| run | groups x members | group msgs/s (best W) | deliveries/s | server CPU "
+        "| client CPU | p99 deliver | mean batch |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for stamp, r in runs:
+        row, a = r["summary"]["by_target"]["chatd"], r["args"]
+        out.append(
+            f"| {stamp} | {a['groups']} x {a['members']} | {_f(row['group_msgs_per_s'])} "
+            f"(W={row['best_window']}) | {_f(row['deliveries_per_s'])} "
+            f"| {_f(row['server_cpu_pct'])}% | {_f(row['client_cpu_pct'])}% "
+            f"| {row['p99_deliver_ms']:.1f} ms | {_f(row.get('mean_batch'))} |"
+        )
+    return out
+
+
+TABLES = {
+    "density": density,
+    "relay": relay,
+    "latency": latency,
+    "fanout": fanout,
+    "logins": logins,
+}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -105,7 +131,9 @@ def main(argv: list[str] | None = None) -> None:
         for path in sorted(root.glob(f"{scenario}-*.json")):
             data = json.loads(path.read_text())
             if not data.get("skipped"):
-                runs.append((path.stem.split("-", 1)[1], data))
+                git = data.get("git") or {}
+                commit = (git.get("commit") or "")[:7] + ("+" if git.get("server_dirty") else "")
+                runs.append((f"{path.stem.split('-', 1)[1]} `{commit}`", data))
         if runs:
             print(f"### {scenario}\n")
             print("\n".join(table(runs)) + "\n")
