@@ -114,6 +114,7 @@ class Messenger:
                     ts=now_ms(),
                     on_done=committed,
                 )
+                conn.inflight += 1
             except trio.WouldBlock:
                 raise Unavailable("server busy, retry shortly", retry_after=0.05) from None
         except ChatError as exc:
@@ -125,6 +126,7 @@ class Messenger:
     def _committed(
         self, conn: Conn, ref: str, appended: Appended | None, error: BaseException | None
     ) -> None:
+        conn.acked()
         if appended is None:
             conn.send_frame(self._commit_error(conn, ref, error).frame())
             return

@@ -47,6 +47,7 @@ log = logging.getLogger("chatd.ws")
 REPLAY_CHUNK = 100
 REPLAY_HIGH_WATER = 256 * 1024
 CLOSE_FLUSH_TIMEOUT = 2.0
+MAX_INFLIGHT = 256  # un-acked sends per connection before it stops reading
 
 _device_prefix = secrets.token_hex(2)
 _device_ids = itertools.count(1)
@@ -79,6 +80,8 @@ class Conn:
         "replay_from",
         "heard_at",
         "timed_out",
+        "inflight",
+        "acks_waiter",
     )
 
     def __init__(self, app: App, sock: socket.socket, binary: bool, trailing: bytes) -> None:
@@ -109,6 +112,8 @@ class Conn:
         self.replay_from: int | None = None
         self.heard_at = 0.0
         self.timed_out = False
+        self.inflight = 0  # sends handed to the committer and not yet acked
+        self.acks_waiter: trio.Event | None = None
 
     # -- lifecycle
     async def run(self) -> None:
@@ -168,6 +173,12 @@ class Conn:
                 return
             if self.replay_from is not None and not self.closing:
                 await self._replay()
+            if self.inflight >= MAX_INFLIGHT and not self.closing:
+                # Backpressure: stop reading until acks come back, so a fast sender fills
+                # its own TCP window instead of the commit queue.
+                self.acks_waiter = trio.Event()
+                await self.acks_waiter.wait()
+                self.acks_waiter = None
 
     def _on_readable(self, max_frame: int) -> bool:
         """Handle everything one ``recv`` brings, replies corked into one write. False at EOF."""
@@ -310,6 +321,12 @@ class Conn:
     # -- writing
     def send_frame(self, frame: dict[str, Any]) -> None:
         self._write(frames.encode(frame, self.binary))
+
+    def acked(self) -> None:
+        """One of this connection's sends was committed (or failed): resume reading if paused."""
+        self.inflight -= 1
+        if self.acks_waiter is not None and self.inflight < MAX_INFLIGHT // 2:
+            self.acks_waiter.set()
 
     def send_encoded(self, encoded: frames.Encoded) -> None:
         """A frame shared with other connections (encoded once per subprotocol)."""

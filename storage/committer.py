@@ -27,7 +27,7 @@ T = TypeVar("T")
 
 
 class Committer:
-    def __init__(self, env: Env, *, max_batch: int = 1000, queue_size: int = 10_000) -> None:
+    def __init__(self, env: Env, *, max_batch: int = 1000, queue_size: int = 100_000) -> None:
         self._env = env
         self._max_batch = max_batch
         self._send, self._recv = trio.open_memory_channel[Op](queue_size)

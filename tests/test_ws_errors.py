@@ -328,3 +328,19 @@ async def test_connections_over_max_are_refused_at_accept(data_dir: Path) -> Non
         await wait_for(lambda: server.app.open_connections == 1)
         fourth, _ = await RawWs.connect(server.port)
         assert fourth is not None
+
+
+async def test_pipelined_sends_past_the_inflight_cap_are_all_acked(server: Server) -> None:
+    """A client that pipelines more sends than a connection may have un-acked is slowed down
+    (the server stops reading), not refused: every send is acked, in order."""
+    alice = await make_user(server, "alice")
+    await make_user(server, "bob")
+    ws = await hello(server, alice)
+    frames = [{"type": "send", "ref": f"p{i}", "to": "bob", "body": f"{i}"} for i in range(700)]
+    with trio.fail_after(30):
+        for frame in frames:  # all written before any ack is read
+            await ws.send(frame)
+        acks = [await ws.recv() for _ in frames]
+    assert [a["type"] for a in acks if a] == ["ack"] * 700
+    assert [a["msg_id"] for a in acks if a] == list(range(1, 701))
+    await still_open(ws)
