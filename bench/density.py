@@ -19,7 +19,7 @@ from typing import Any
 
 from bench.procs import CpuMeter
 from bench.report import linear_fit
-from bench.run import Run, settle
+from bench.run import Run, each_target, settle
 from bench.targets import Target
 
 PROJECT = (200_000, 1_000_000)
@@ -144,11 +144,7 @@ def fit(rss0: int | None, steps: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def run(run_: Run, args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {"targets": {}}
-    for kind in args.targets:
-        out["targets"][kind] = one_target(run_, args, kind)
-    out["summary"] = summary(out["targets"])
-    return out
+    return each_target(run_, args, one_target, summary)
 
 
 def summary(results: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import argparse
 from typing import Any
 
 from bench import traffic
-from bench.run import Run, settle
+from bench.run import Run, each_target, settle
 
 
 def one_target(run: Run, args: argparse.Namespace, kind: str) -> dict[str, Any]:
@@ -70,11 +70,7 @@ def one_target(run: Run, args: argparse.Namespace, kind: str) -> dict[str, Any]:
 
 
 def run(run_: Run, args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {"targets": {}}
-    for kind in args.targets:
-        out["targets"][kind] = one_target(run_, args, kind)
-    out["summary"] = summary(out["targets"], args.idle)
-    return out
+    return each_target(run_, args, one_target, lambda targets: summary(targets, args.idle))
 
 
 def summary(results: dict[str, Any], idle: int) -> dict[str, Any]:

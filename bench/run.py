@@ -13,6 +13,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
@@ -127,3 +128,14 @@ def settle(seconds: float) -> None:
 
 def describe_args(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if k != "func"}
+
+
+def each_target(
+    run_: Run,
+    args: argparse.Namespace,
+    one_target: Callable[[Run, argparse.Namespace, str], dict[str, Any]],
+    summarize: Callable[[dict[str, Any]], dict[str, Any]],
+) -> dict[str, Any]:
+    """Run a scenario against every ``--targets`` server in turn, then summarize them."""
+    targets = {kind: one_target(run_, args, kind) for kind in args.targets}
+    return {"targets": targets, "summary": summarize(targets)}
