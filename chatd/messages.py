@@ -80,6 +80,12 @@ class Messenger:
     def send(self, conn: Conn, frame: Send) -> None:
         """Validate and queue one send; the ack and deliveries follow from the commit hook."""
         user = conn.user_id
+        known = self.store.sent_ack(user, frame.ref)
+        if known is not None:
+            # A resend of a committed ref: the original ack, whatever the frame says now (the
+            # channel may since have become forbidden, or the limit reached).
+            conn.send_frame({"type": "ack", "ref": frame.ref, **known})
+            return
         try:
             wait = self.app.limiters["send"].take(user)
             if wait:

@@ -150,6 +150,10 @@ class Store:
         )
         self.committer.submit(fn, lambda op: on_done(op.result, op.error))
 
+    def sent_ack(self, user_id: str, ref: str) -> dict[str, Any] | None:
+        """The stored ack of ``user_id``'s send ``ref``, if that send was committed."""
+        return self._read(messages.get_ref, user_id, ref)  # type: ignore[no-any-return]
+
     def inbox_head(self, user_id: str) -> int:
         with self.env.read() as txn:
             return txn.last_id("inboxes", user_id)

@@ -248,3 +248,19 @@ async def test_channel_list_most_recent_first(server: Server) -> None:
     }
     mine = (await api(alice, "GET", "/v1/channels")).json()["channels"]
     assert all(c["unread"] == 0 for c in mine)  # sending marks one's own message read
+
+
+async def test_resend_after_removal_still_returns_the_original_ack(server: Server) -> None:
+    owner, ann = await make_user(server, "owner"), await make_user(server, "ann")
+    channel = (await create_group(owner, "gone", ["ann"]))["channel_id"]
+    async with ann.session() as a:
+        first = await a.send(channel=channel, body="mine", ref="keep-me")
+    assert (await api(owner, "DELETE", f"/v1/groups/{channel}/members/ann")).status == 204
+    async with ann.session() as a:
+        assert await a.send(channel=channel, body="mine", ref="keep-me") == first
+        try:
+            await a.send(channel=channel, body="new", ref="fresh")
+        except ChatError as exc:
+            assert exc.code == "forbidden"
+        else:
+            raise AssertionError("a removed member could send a new message")
