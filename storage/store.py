@@ -11,7 +11,7 @@ import trio
 
 from storage import accounts, groups, messages
 from storage.committer import Committer
-from storage.env import Env
+from storage.env import Env, Txn
 from storage.messages import Appended, InboxEntry, Message
 
 
@@ -115,15 +115,7 @@ class Store:
 
         ``after_commit`` runs on the event loop in commit order (see storage/committer.py).
         """
-        fn = partial(
-            messages.append_message,
-            sender=sender,
-            ref=ref,
-            channel=channel,
-            members=members,
-            body=body,
-            ts=ts,
-        )
+        fn = _append_op(sender, ref, channel, members, body, ts)
         return await self.committer.write(fn, after_commit)
 
     def submit_message(
@@ -139,15 +131,7 @@ class Store:
     ) -> None:
         """:meth:`append_message` without waiting: ``on_done(result, error)`` runs after commit,
         on the event loop, in commit order. Raises ``trio.WouldBlock`` if the queue is full."""
-        fn = partial(
-            messages.append_message,
-            sender=sender,
-            ref=ref,
-            channel=channel,
-            members=members,
-            body=body,
-            ts=ts,
-        )
+        fn = _append_op(sender, ref, channel, members, body, ts)
         self.committer.submit(fn, lambda op: on_done(op.result, op.error))
 
     def sent_ack(self, user_id: str, ref: str) -> dict[str, Any] | None:
@@ -224,3 +208,17 @@ class ChannelState:
     channel: str
     read_msg_id: int
     last: Message | None
+
+
+def _append_op(
+    sender: str, ref: str, channel: str, members: list[str] | None, body: str, ts: int
+) -> Callable[[Txn], Appended]:
+    return partial(
+        messages.append_message,
+        sender=sender,
+        ref=ref,
+        channel=channel,
+        members=members,
+        body=body,
+        ts=ts,
+    )
