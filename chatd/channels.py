@@ -55,8 +55,17 @@ def members(store: Store, channel: str) -> list[str]:
 
 
 def check_member(store: Store, channel: str, user_id: str) -> list[str]:
-    """Members of ``channel`` if ``user_id`` is one of them; Forbidden otherwise."""
+    """Members of ``channel`` if ``user_id`` is one of them; Forbidden otherwise.
+
+    A 1:1 channel's members are named by its id, so its other user must also be an account
+    (NotFound otherwise, as for a send ``to`` an unknown user): nothing is ever stored, read or
+    relayed for an id nobody has signed up with.
+    """
     users = members(store, channel)
     if user_id not in users:
         raise Forbidden(f"you are not a member of {channel}")
+    if not is_group(channel):
+        for other in users:
+            if other != user_id and store.account(other) is None:
+                raise NotFound(f"no user {other!r}")
     return users
