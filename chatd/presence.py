@@ -19,7 +19,8 @@ last device disconnects the user stays online for ``presence.grace`` seconds, so
 within it announces nothing (no offline+online flap). A timeout means the user was already
 silent for ``presence.timeout``: offline is announced at once. Each transition sends a
 ``presence`` frame to the online devices of the user's friends (state ``friends``) and stores
-``last_active`` durably; group co-members ask with ``GET /v1/presence`` instead.
+``last_active`` durably. Presence is for friends only: sharing a group shows nothing (anyone can
+create a group around a stranger), in frames and in ``GET /v1/presence`` alike.
 """
 
 from __future__ import annotations
@@ -170,18 +171,17 @@ class Presence:
                 conn.send_frame({"type": "presence", **self.status(friend)})
 
     def query(self, user: str, targets: list[str]) -> list[dict[str, Any]]:
-        """Presence of friends, group co-members or oneself; Forbidden for anyone else."""
+        """Presence of friends (state ``friends``) or oneself; Forbidden for anyone else.
+
+        Sharing a group grants nothing: anyone may create a group around a stranger. An
+        unknown user id is refused exactly like a stranger, so a query cannot probe accounts.
+        """
         if not targets:
             raise BadRequest("give at least one user_id")
         if len(targets) > MAX_QUERY:
             raise BadRequest(f"at most {MAX_QUERY} user_ids per query")
         allowed = {user} | {f for f, s in self.store.friends(user) if s == FRIENDS}
-        if not set(targets) <= allowed:
-            for state in self.store.channels(user):
-                group = self.store.group(state.channel) if state.channel.startswith("g:") else None
-                if group is not None:
-                    allowed.update(group["members"])
         refused = sorted(set(targets) - allowed)
         if refused:
-            raise Forbidden(f"not a friend or co-member: {', '.join(refused)}")
+            raise Forbidden(f"not a friend: {', '.join(refused)}")
         return [self.status(t) for t in targets]

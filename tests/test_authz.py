@@ -17,6 +17,15 @@ async def api(client: ChatClient, method: str, path: str) -> Any:
         return await http.request(method, path)
 
 
+async def befriend(a: ChatClient, b: ChatClient) -> None:
+    for x, y in ((a, b), (b, a)):
+        assert (await api(x, "PUT", f"/v1/friends/{y.user_id}")).status == 200
+
+
+async def presence_query(client: ChatClient, *users: str) -> Any:
+    return await api(client, "GET", "/v1/presence?" + "&".join(f"user_id={u}" for u in users))
+
+
 async def refused(session: Session, frame: dict[str, Any]) -> dict[str, Any]:
     """Send ``frame`` and return the error frame that answers it."""
     with trio.fail_after(10):
@@ -73,3 +82,79 @@ async def test_dm_by_channel_between_existing_users_still_works(server: Server) 
         with pytest.raises(ChatError) as err:
             await a.send(channel="dm:bob:carol", body="not mine")
         assert err.value.code == "forbidden"
+
+
+# -- presence is for friends only
+
+
+async def test_group_co_members_do_not_see_each_others_presence(server: Server) -> None:
+    alice, bob, carol = [await make_user(server, u) for u in ("alice", "bob", "carol")]
+    # A stranger builds a group around alice: that must not make her presence visible.
+    async with HttpClient(carol.base_url, token=carol.token) as http:
+        await http.call("POST", "/v1/groups", {"name": "g", "members": ["alice"]})
+    await befriend(alice, bob)
+    async with alice.session():
+        res = await presence_query(carol, "alice")
+        assert res.status == 403 and res.json()["error"] == "forbidden"
+        res = await presence_query(alice, "carol")
+        assert res.status == 403 and res.json()["error"] == "forbidden"
+        res = await presence_query(bob, "alice")
+        assert res.status == 200 and res.json()["presence"][0]["status"] == "online"
+        # Oneself is always allowed.
+        res = await presence_query(carol, "carol")
+        assert res.status == 200 and res.json()["presence"][0]["user_id"] == "carol"
+
+
+async def test_pending_and_removed_friends_see_no_presence(server: Server) -> None:
+    alice, bob, carol = [await make_user(server, u) for u in ("alice", "bob", "carol")]
+    assert (await api(alice, "PUT", "/v1/friends/carol")).status == 200  # carol: pending
+    assert (await presence_query(carol, "alice")).status == 403
+    assert (await presence_query(alice, "carol")).status == 403
+    await befriend(alice, bob)
+    assert (await presence_query(bob, "alice")).status == 200
+    assert (await api(bob, "DELETE", "/v1/friends/alice")).status == 204
+    assert (await presence_query(bob, "alice")).status == 403
+    assert (await presence_query(alice, "bob")).status == 403
+
+
+async def test_unknown_users_and_strangers_look_the_same(server: Server) -> None:
+    alice = await make_user(server, "alice")
+    await make_user(server, "stranger")
+    known = await presence_query(alice, "stranger")
+    unknown = await presence_query(alice, "nobodyhere")
+    assert known.status == unknown.status == 403
+    assert known.json()["error"] == unknown.json()["error"] == "forbidden"
+    # The message names what was asked, and nothing else tells the two apart.
+    assert known.json()["message"].replace("stranger", "X") == unknown.json()[
+        "message"
+    ].replace("nobodyhere", "X")
+    assert set(known.json()) == set(unknown.json())
+
+
+async def test_presence_frames_go_to_friends_only(server: Server) -> None:
+    alice, bob, carol = [await make_user(server, u) for u in ("alice", "bob", "carol")]
+    async with HttpClient(carol.base_url, token=carol.token) as http:
+        await http.call("POST", "/v1/groups", {"name": "g", "members": ["alice", "bob"]})
+    await befriend(alice, bob)
+    async with alice.session() as a, carol.session() as c:
+        async with bob.session() as b:
+            await b.synced.wait()
+            # bob's snapshot names his friend alice only; alice hears bob come online; carol,
+            # a co-member but no friend, got an empty snapshot and hears nothing.
+            assert [(f["user_id"], f["status"]) for f in await drained(b)] == [
+                ("alice", "online")
+            ]
+            assert [(f["user_id"], f["status"]) for f in await drained(a)] == [
+                ("bob", "offline"),
+                ("bob", "online"),
+            ]
+            assert await drained(c) == []
+
+
+async def drained(session: Session) -> list[dict[str, Any]]:
+    """Every frame received so far (a ping round trip flushes the pipe first)."""
+    await session.ping()
+    out = []
+    while session._in_recv.statistics().current_buffer_used:
+        out.append(await session.next_frame())
+    return out

@@ -165,10 +165,13 @@ async def test_presence_queries_are_authorized(
     await befriend(alice, bob)
     async with HttpClient(alice.base_url, token=alice.token) as http:
         await http.call("POST", "/v1/groups", {"name": "g", "members": ["dave"]})
-    ok = await query(alice, "bob", "dave", "alice")
+    ok = await query(alice, "bob", "alice")
     assert ok.status == 200
-    assert [p["user_id"] for p in ok.json()["presence"]] == ["bob", "dave", "alice"]
+    assert [p["user_id"] for p in ok.json()["presence"]] == ["bob", "alice"]
     assert all(p["status"] == "offline" for p in ok.json()["presence"])
+    co_member = await query(alice, "bob", "dave")  # a shared group is not friendship
+    assert co_member.status == 403 and co_member.json()["error"] == "forbidden"
+    assert co_member.json()["message"] == "not a friend: dave"
     refused = await query(alice, "bob", "carol")
     assert refused.status == 403 and refused.json()["error"] == "forbidden"
     assert "carol" in refused.json()["message"]
