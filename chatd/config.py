@@ -86,9 +86,10 @@ class StorageConfig:
     max_map_size: int = 1 << 40
     sync: bool = True
     max_batch: int = 1000
+    max_queue_bytes: int = 64 << 20
 
     def validate(self) -> None:
-        for key in ("map_size", "max_map_size", "max_batch"):
+        for key in ("map_size", "max_map_size", "max_batch", "max_queue_bytes"):
             _positive(f"storage.{key}", getattr(self, key))
         if self.max_map_size < self.map_size:
             raise ConfigError("storage.max_map_size: must be >= storage.map_size")

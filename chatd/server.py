@@ -73,6 +73,7 @@ async def serve(
             max_map_size=config.storage.max_map_size,
             sync=config.storage.sync,
             max_batch=config.storage.max_batch,
+            max_queue_bytes=config.storage.max_queue_bytes,
         )
     except BaseException:
         listener.close()

@@ -9,6 +9,13 @@ next one queues up, so batch size grows with load by itself.
 
 Running the hooks in the writer task, in order, is what makes delivery order equal commit order
 (msg_id and inbox seq order) without any per-channel locking: see docs/protocol.md.
+
+The queue is bounded twice: in ops (``queue_size``) and in approximate bytes (``max_bytes``).
+Each op carries a size hint (a message's body dominates); its bytes count from the moment it is
+queued until its batch is committed and its hook has run, because that is how long its data
+stays alive. Past the byte cap :meth:`Committer.submit` raises ``trio.WouldBlock`` and
+:meth:`Committer.write` waits for room. One op is always taken into an empty queue, so an op
+bigger than the cap still commits (alone).
 """
 
 from __future__ import annotations
@@ -24,23 +31,48 @@ from storage.errors import StorageUnavailable
 
 log = logging.getLogger("chatd.storage")
 T = TypeVar("T")
+#: The size hint of an op that stores no message: the Op, its closures and a small record.
+OP_BYTES = 512
 
 
 class Committer:
-    def __init__(self, env: Env, *, max_batch: int = 1000, queue_size: int = 100_000) -> None:
+    def __init__(
+        self,
+        env: Env,
+        *,
+        max_batch: int = 1000,
+        queue_size: int = 100_000,
+        max_bytes: int = 64 << 20,
+    ) -> None:
         self._env = env
         self._max_batch = max_batch
-        self._send, self._recv = trio.open_memory_channel[Op](queue_size)
+        self._send, self._recv = trio.open_memory_channel[tuple[Op, int]](queue_size)
+        self._max_bytes = max_bytes
+        #: Size hints of the ops queued or in the batch being committed.
+        self.queued_bytes = 0
+        self._room: trio.Event | None = None  # set when bytes are given back
         self.batches = 0
         self.ops = 0
 
+    def _full(self, size: int) -> bool:
+        return self.queued_bytes > 0 and self.queued_bytes + size > self._max_bytes
+
     async def write(
-        self, fn: Callable[[Txn], T], after_commit: Callable[[T], None] | None = None
+        self,
+        fn: Callable[[Txn], T],
+        after_commit: Callable[[T], None] | None = None,
+        *,
+        size: int = OP_BYTES,
     ) -> T:
         """Run ``fn(txn)`` in the next batch; return its result once durable.
 
+        Waits first while the queue holds ``max_bytes`` (``size`` is the op's size hint).
         If the caller is cancelled after queueing, the op still commits and its hook still runs.
         """
+        while self._full(size):
+            if self._room is None:
+                self._room = trio.Event()
+            await self._room.wait()
         done = trio.Event()
 
         def finished(op: Op) -> None:
@@ -51,38 +83,59 @@ class Committer:
                 done.set()
 
         op = Op(fn, finished)
+        self.queued_bytes += size  # before the send: the writer may take the op at once
+        queued = False
         try:
-            await self._send.send(op)
+            await self._send.send((op, size))
+            queued = True
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise StorageUnavailable("storage is shutting down") from None
+        finally:
+            if not queued:  # closed, or cancelled while waiting for a slot
+                self._give_back(size)
         await done.wait()
         if op.error is not None:
             raise op.error
         return op.result  # type: ignore[no-any-return]
 
-    def submit(self, fn: Callable[[Txn], Any], on_done: Callable[[Op], None]) -> None:
+    def submit(
+        self, fn: Callable[[Txn], Any], on_done: Callable[[Op], None], *, size: int = OP_BYTES
+    ) -> None:
         """Queue ``fn`` without waiting; ``on_done(op)`` runs after its batch, in commit order.
 
-        Raises ``trio.WouldBlock`` when the queue is full and StorageUnavailable when closed.
+        Raises ``trio.WouldBlock`` when the queue is full (in ops, or in bytes counting this
+        op's ``size`` hint) and StorageUnavailable when closed.
         """
+        if self._full(size):
+            raise trio.WouldBlock
         try:
-            self._send.send_nowait(Op(fn, on_done))
+            self._send.send_nowait((Op(fn, on_done), size))
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise StorageUnavailable("storage is shutting down") from None
+        self.queued_bytes += size
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The writer loop; returns after :meth:`close` once the queue is drained."""
         task_status.started()
         async with self._recv:
-            async for first in self._recv:
+            async for first, size in self._recv:
                 batch = [first]
                 while len(batch) < self._max_batch:
                     try:
-                        batch.append(self._recv.receive_nowait())
+                        op, op_size = self._recv.receive_nowait()
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
+                    batch.append(op)
+                    size += op_size
                 with trio.CancelScope(shield=True):
                     await self._commit(batch)
+                self._give_back(size)
+
+    def _give_back(self, size: int) -> None:
+        self.queued_bytes -= size
+        if self._room is not None:
+            self._room.set()
+            self._room = None
 
     async def _commit(self, batch: list[Op]) -> None:
         while True:

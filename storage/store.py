@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -10,7 +11,7 @@ from typing import Any
 import trio
 
 from storage import accounts, groups, messages
-from storage.committer import Committer
+from storage.committer import OP_BYTES, Committer
 from storage.env import Env, Txn
 from storage.messages import Appended, InboxEntry, Message
 
@@ -30,9 +31,10 @@ class Store:
         max_map_size: int = 1 << 40,
         sync: bool = True,
         max_batch: int = 1000,
+        max_queue_bytes: int = 64 << 20,
     ) -> None:
         self.env = Env(path, map_size=map_size, max_map_size=max_map_size, sync=sync)
-        self.committer = Committer(self.env, max_batch=max_batch)
+        self.committer = Committer(self.env, max_batch=max_batch, max_bytes=max_queue_bytes)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the committer until :meth:`close`; then close the environment."""
@@ -116,7 +118,7 @@ class Store:
         ``after_commit`` runs on the event loop in commit order (see storage/committer.py).
         """
         fn = _append_op(sender, ref, channel, members, body, ts)
-        return await self.committer.write(fn, after_commit)
+        return await self.committer.write(fn, after_commit, size=message_bytes(body))
 
     def submit_message(
         self,
@@ -132,7 +134,7 @@ class Store:
         """:meth:`append_message` without waiting: ``on_done(result, error)`` runs after commit,
         on the event loop, in commit order. Raises ``trio.WouldBlock`` if the queue is full."""
         fn = _append_op(sender, ref, channel, members, body, ts)
-        self.committer.submit(fn, lambda op: on_done(op.result, op.error))
+        self.committer.submit(fn, lambda op: on_done(op.result, op.error), size=message_bytes(body))
 
     def sent_ack(self, user_id: str, ref: str) -> dict[str, Any] | None:
         """The stored ack of ``user_id``'s send ``ref``, if that send was committed."""
@@ -208,6 +210,12 @@ class ChannelState:
     channel: str
     read_msg_id: int
     last: Message | None
+
+
+def message_bytes(body: str) -> int:
+    """The size hint of a queued message: its body as a str (``sys.getsizeof`` is O(1)), the
+    packed UTF-8 copy made in the transaction (at most twice that) and the op's own overhead."""
+    return OP_BYTES + 3 * sys.getsizeof(body)
 
 
 def _append_op(
