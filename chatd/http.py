@@ -99,6 +99,10 @@ class Router:
         self._routes.append((regex, {method: (handler, auth)}))
 
     def match(self, method: str, path: str) -> tuple[Handler, bool, dict[str, str]]:
+        """The handler for ``method`` on ``path``; HEAD runs the GET handler (the connection
+        sends the same status and headers, without the body)."""
+        if method == "HEAD":
+            method = "GET"
         for regex, methods in self._routes:
             m = regex.match(path)
             if m is None:
@@ -123,6 +127,7 @@ class HttpConnection:
         self.sock = sock
         self.client = client
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+        self.head = False  # the request being answered is a HEAD: headers only
 
     async def serve(self) -> None:
         """Serve requests until the peer leaves, a timeout, an error, or a WebSocket upgrade."""
@@ -163,6 +168,7 @@ class HttpConnection:
                 if self.h11.our_state is not h11.DONE or self.h11.their_state is not h11.DONE:
                     return
                 self.h11.start_next_cycle()
+                self.head = False
                 timeout = cfg.keepalive_timeout
         except OSError:
             return  # the peer went away mid-write
@@ -214,6 +220,7 @@ class HttpConnection:
         if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
             return None
         assert isinstance(event, h11.Request)
+        self.head = event.method == b"HEAD"
         # h11 only caps an *incomplete* header block; one that arrived whole is measured here.
         size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
         if size > MAX_HEADER_BYTES:
@@ -259,7 +266,7 @@ class HttpConnection:
         reason = HTTPStatus(response.status).phrase.encode()
         head = h11.Response(status_code=response.status, headers=headers, reason=reason)
         out = self.h11.send(head)
-        if body:
+        if body and not self.head:  # a HEAD answer declares the GET body's length only
             out += self.h11.send(h11.Data(data=body))
         out += self.h11.send(h11.EndOfMessage())
         await net.send_all(self.sock, out)
