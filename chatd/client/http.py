@@ -4,6 +4,7 @@ request at a time per client)."""
 from __future__ import annotations
 
 import json
+import select
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,6 +22,27 @@ class HttpError(Exception):
         self.response = response
         self.status = response.status
         self.code = body.get("error")
+
+
+class ConnectionLost(ConnectionError):
+    """The connection closed (or broke) before a complete response arrived.
+
+    An idempotent request (GET, HEAD, PUT, DELETE) is retried once on a new connection first,
+    if no byte of the response had arrived; any other request (POST, PATCH) is never sent
+    twice, since the server may have processed it.
+    """
+
+    def __init__(self, method: str, path: str, *, retried: bool, idempotent: bool) -> None:
+        if idempotent:
+            tail = "after one retry" if retried else "part of the response had arrived"
+        else:
+            tail = f"not retried: {method} is not idempotent and the server may have processed it"
+        super().__init__(f"{method} {path}: connection lost before a complete response ({tail})")
+        self.method = method
+        self.path = path
+
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 
 
 @dataclass
@@ -44,6 +66,7 @@ class HttpClient:
         self.timeout = timeout
         self._stream: trio.SocketStream | None = None
         self._conn: h11.Connection | None = None
+        self._response_started = False
 
     async def __aenter__(self) -> HttpClient:
         return self
@@ -66,19 +89,39 @@ class HttpClient:
         headers: dict[str, str] | None = None,
         token: str | None = None,
     ) -> HttpResponse:
-        """Send one request; the response whatever its status (see :meth:`call`)."""
+        """Send one request; the response whatever its status (see :meth:`call`).
+
+        A kept-alive connection the server has closed meanwhile is noticed before it is
+        reused. If the connection is lost before a complete response, an idempotent request
+        is sent again once on a new connection (only if no byte of the response had arrived);
+        otherwise :class:`ConnectionLost` is raised.
+        """
+        idempotent = method.upper() in IDEMPOTENT
         with trio.fail_after(self.timeout):
             for attempt in (1, 2):
+                if self._stream is not None and self._closed_by_peer():
+                    await self.aclose()
                 if self._stream is None:
                     self._stream = await trio.open_tcp_stream(self.host, self.port)
                     self._conn = h11.Connection(h11.CLIENT)
+                self._response_started = False
                 try:
                     return await self._exchange(method, path, body, raw, headers or {}, token)
-                except (trio.BrokenResourceError, h11.RemoteProtocolError, ConnectionError):
-                    await self.aclose()  # a stale keep-alive connection: retry once on a new one
-                    if attempt == 2:
-                        raise
+                except (trio.BrokenResourceError, h11.RemoteProtocolError, ConnectionError) as exc:
+                    await self.aclose()
+                    if idempotent and attempt == 1 and not self._response_started:
+                        continue
+                    lost = ConnectionLost(method, path, retried=attempt == 2, idempotent=idempotent)
+                    raise lost from exc
         raise AssertionError("unreachable")
+
+    def _closed_by_peer(self) -> bool:
+        """Whether the idle connection is readable: between requests that can only mean the
+        server closed it (or sent something unasked), so it must not carry a request."""
+        assert self._stream is not None
+        poller = select.poll()
+        poller.register(self._stream.socket.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
 
     async def call(self, method: str, path: str, body: Any = None, **kw: Any) -> Any:
         """Like :meth:`request`, but returns the decoded JSON and raises HttpError on 4xx/5xx."""
@@ -115,6 +158,7 @@ class HttpClient:
             event = conn.next_event()
             if event is h11.NEED_DATA:
                 chunk = await self._stream.receive_some(65536)
+                self._response_started = self._response_started or bool(chunk)
                 conn.receive_data(chunk)
                 continue
             if isinstance(event, h11.Response):
