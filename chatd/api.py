@@ -109,11 +109,9 @@ class Api:
         channels.check_member(self.app.store, channel_id, req.user_id)
         args: dict[str, Any] = {}
         for name in ("before", "after", "limit"):
-            values = req.query.get(name)
-            if values:
-                if len(values) > 1 or not (values[0].isascii() and values[0].isdigit()):
-                    raise BadRequest(f"{name} must be a non-negative integer")
-                args[name] = int(values[0])
+            value = validate.query_int(req.query, name)
+            if value is not None:
+                args[name] = value
         before, after, limit = history_limits(args)
         page = self.app.store.channel_page(channel_id, before=before, after=after, limit=limit)
         return Response(200, {"messages": [message_view(m) for m in page]})

@@ -56,7 +56,10 @@ def origin_allowed(app: App, origin: str, host: str) -> bool:
     """Same origin as the request's Host or the public URL, or listed in server.allowed_origins."""
     if origin in app.config.server.allowed_origins:
         return True
-    parts = urlsplit(origin)
+    try:
+        parts = urlsplit(origin)
+    except ValueError:  # e.g. "http://[": not an origin anyone serves
+        return False
     if parts.scheme not in ("http", "https"):
         return False
     return parts.netloc == host or origin == app.public_origin

@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import h11
 import trio
 
-from chatd import net
+from chatd import net, validate
 from chatd.errors import BadRequest, ChatError, MethodNotAllowed, NotFound, TooLarge, Unavailable
 from chatd.handshake import handshake
 from storage import StorageUnavailable
@@ -42,6 +42,20 @@ class HeadersTooLarge(ChatError):
     code, status = "too_large", 431
 
 
+class NotImplementedHere(ChatError):
+    code, status = "not_implemented", 501
+
+
+class VersionNotSupported(ChatError):
+    code, status = "http_version_not_supported", 505
+
+
+HTTP_VERSIONS = (b"1.0", b"1.1")
+#: h11's ``RemoteProtocolError.error_status_hint`` -> our error: 431 for an oversize header
+#: block, 501 for a Transfer-Encoding other than one ``chunked``; anything else is a 400.
+PROTOCOL_ERRORS: dict[int, type[ChatError]] = {431: HeadersTooLarge, 501: NotImplementedHere}
+
+
 @dataclass
 class Request:
     method: str
@@ -54,13 +68,19 @@ class Request:
     token: str = ""
 
     def json(self) -> dict[str, Any]:
-        """The body as a JSON object; BadRequest otherwise."""
+        """The body as a JSON object (UTF-8, finite numbers, every string valid Unicode);
+        BadRequest otherwise, before any handler sees it."""
         try:
-            data = json.loads(self.body)
-        except (ValueError, UnicodeDecodeError):
+            text = self.body.decode("utf-8")
+            data = json.loads(text, parse_constant=_no_constant)
+        except RecursionError:
+            raise BadRequest("body is nested too deeply") from None
+        except ValueError:  # UnicodeDecodeError and JSONDecodeError included
             raise BadRequest("body is not valid JSON") from None
         if not isinstance(data, dict):
             raise BadRequest("body must be a JSON object")
+        if "\\u" in text:  # a lone surrogate can only come from an escape
+            validate.unicode_strings(data)
         return data
 
     def bearer(self) -> str:
@@ -82,6 +102,10 @@ class Response:
 
 
 Handler = Callable[..., Awaitable[Response]]
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 class Router:
@@ -147,10 +171,10 @@ class HttpConnection:
                     return
                 except h11.RemoteProtocolError as exc:
                     if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                        status = exc.error_status_hint
-                        code = "too_large" if status == 431 else "bad_request"
-                        body = {"error": code, "message": f"malformed HTTP request: {exc}"}
-                        await self._respond(Response(status, body), close=True)
+                        error = PROTOCOL_ERRORS.get(exc.error_status_hint, BadRequest)
+                        await self._respond(
+                            error_response(error(f"malformed HTTP request: {exc}")), close=True
+                        )
                         await self._linger()
                     return
                 if request is None:
@@ -225,8 +249,14 @@ class HttpConnection:
         size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
         if size > MAX_HEADER_BYTES:
             raise HeadersTooLarge("request header block over 16 KiB")
+        if event.http_version not in HTTP_VERSIONS:
+            version = event.http_version.decode("ascii")
+            raise VersionNotSupported(f"HTTP/{version} is not supported: use HTTP/1.1")
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers}
-        target = urlsplit(event.target.decode("latin-1"))
+        try:
+            target = urlsplit(event.target.decode("latin-1"))
+        except ValueError as exc:
+            raise BadRequest(f"malformed request target: {exc}") from None
         request = Request(
             method=event.method.decode("ascii"),
             path=target.path,

@@ -293,29 +293,29 @@ class Conn:
 
         Live deliveries are dropped while ``syncing`` (they are in the inbox and the next read
         finds them). The last, empty read and the switch to live happen with no checkpoint in
-        between, so nothing committed is missed; ``last_seq`` then drops any live frame whose
-        commit was already read here.
+        between, and that read's head comes from the same snapshot: a batch committed after it
+        is delivered live (its hook runs later), one committed before it was replayed, and
+        ``last_seq`` drops any live frame whose commit was already read here.
         """
         store, user = self.app.store, self.user_id
         cursor = self.replay_from or 0
         self.replay_from = None
         while True:
-            entries = store.inbox(user, cursor, REPLAY_CHUNK)
-            if not entries:
+            page = store.inbox_page(user, cursor, REPLAY_CHUNK)
+            if not page.entries:
                 break
-            for entry in entries:
+            for entry in page.entries:
                 self._write(frames.encode(inbox_frame(entry), self.binary))
-            cursor = entries[-1].seq
+            cursor = page.entries[-1].seq
             if self.out_bytes > REPLAY_HIGH_WATER:
                 await self._wait_drained()
             else:
                 await trio.lowlevel.checkpoint()
             if self.closing:
                 return
-        head = store.inbox_head(user)
-        self.last_seq = head
+        self.last_seq = page.head
         self.syncing = False
-        self.send_frame({"type": "synced", "head": head})
+        self.send_frame({"type": "synced", "head": page.head})
         self.app.presence.snapshot(self)
 
     # -- writing

@@ -30,6 +30,14 @@ class InboxEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class InboxPage:
+    """Inbox entries after a cursor and the inbox head, read in one snapshot."""
+
+    entries: list[InboxEntry]
+    head: int
+
+
+@dataclass(frozen=True, slots=True)
 class Appended:
     """What one send stored: the sender's ack and each member's new inbox seq."""
 
@@ -111,6 +119,12 @@ def read_inbox(txn: Txn, user_id: str, after: int, limit: int) -> list[InboxEntr
         if msg is not None:
             out.append(InboxEntry(int_suffix(key), msg))
     return out
+
+
+def read_inbox_page(txn: Txn, user_id: str, after: int, limit: int) -> InboxPage:
+    """:func:`read_inbox` and the inbox head from the same transaction: an empty page's head
+    is then exactly what a reader that got this page has seen (see docs/protocol.md "Sync")."""
+    return InboxPage(read_inbox(txn, user_id, after, limit), txn.last_id("inboxes", user_id))
 
 
 def read_channel(

@@ -13,7 +13,7 @@ import trio
 from storage import accounts, groups, messages
 from storage.committer import OP_BYTES, Committer
 from storage.env import Env, Txn
-from storage.messages import Appended, InboxEntry, Message
+from storage.messages import Appended, InboxEntry, InboxPage, Message
 
 
 class Store:
@@ -146,6 +146,10 @@ class Store:
 
     def inbox(self, user_id: str, after: int, limit: int) -> list[InboxEntry]:
         return self._read(messages.read_inbox, user_id, after, limit)  # type: ignore[no-any-return]
+
+    def inbox_page(self, user_id: str, after: int, limit: int) -> InboxPage:
+        """Entries with seq > ``after`` (at most ``limit``) and the head, in one snapshot."""
+        return self._read(messages.read_inbox_page, user_id, after, limit)  # type: ignore[no-any-return]
 
     def channel_last_id(self, channel: str) -> int:
         with self.env.read() as txn:

@@ -7,8 +7,11 @@ parsed strictly with h11."""
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
-from chatd.client import ChatClient
+import pytest
+
+from chatd.client import ChatClient, HttpClient
 from chatd.server import Server
 from tests import httpraw
 from tests.conftest import make_user
@@ -88,3 +91,163 @@ async def test_curl_dash_i_on_an_unknown_path(server: Server) -> None:
     assert response.status == 404 and response.body == b""
     assert int(response.header("content-length") or 0) > 0
     await healthy(server)
+
+
+# -- odd request lines, headers and bodies
+
+
+@pytest.mark.parametrize("target", ["//[", "http://[/x", "//[::1/healthz", "/x?a=1#[", "//]"])
+async def test_target_urlsplit_rejects_is_400(server: Server, target: str) -> None:
+    response = await httpraw.request(server.port, build("GET", target))
+    if target.endswith("]") or target.endswith("#["):
+        assert response.status in (400, 404)  # urlsplit may take these: any clean answer
+    else:
+        assert_error(response, 400, "bad_request")
+    await healthy(server)
+
+
+@pytest.mark.parametrize("origin", ["http://[", "https://[::1", "http://[zz]:80", "http://a:b:c"])
+async def test_malformed_origin_on_upgrade_is_403(server: Server, origin: str) -> None:
+    headers = [
+        ("upgrade", "websocket"),
+        ("connection", "Upgrade"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("sec-websocket-version", "13"),
+        ("origin", origin),
+    ]
+    data = build("GET", "/v1/ws", headers, close=False)
+    response = await httpraw.request(server.port, data, half_close=True)
+    assert_error(response, 403, "forbidden")
+    await healthy(server)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"[" * 100_000,
+        b"{" + b'"a":{' * 50_000,
+        b'{"user_id": ' + b"[" * 100_000 + b"]" * 100_000 + b', "password": "x"}',
+        b'{"user_id": "alice", "password": "correct horse", "x": '
+        + b'{"a":' * 30_000
+        + b"1"
+        + b"}" * 30_000
+        + b"}",
+    ],
+)
+async def test_deeply_nested_json_is_400(server: Server, raw: bytes) -> None:
+    response = await httpraw.request(server.port, build("POST", "/v1/signup", body=raw))
+    assert_error(response, 400, "bad_request")
+    await healthy(server)
+
+
+LONE = ["\\ud800", "\\udfff", "a\\udc00b", "\\ud83d", "\\ude00x"]
+
+
+def surrogate_bodies() -> list[tuple[str, str, str]]:
+    """(method, path, JSON text) with a lone surrogate escape in one string, for every JSON
+    string field of every body; ``S`` marks the spot."""
+    return [
+        ("POST", "/v1/signup", '{"user_id": "carol", "password": "S"}'),
+        ("POST", "/v1/signup", '{"user_id": "carol", "password": "correct horse S"}'),
+        (
+            "POST",
+            "/v1/signup",
+            '{"user_id": "carol", "password": "correct horse", "display_name": "S"}',
+        ),
+        ("POST", "/v1/signup", '{"user_id": "S", "password": "correct horse"}'),
+        ("POST", "/v1/signup", '{"S": 1, "user_id": "carol", "password": "correct horse"}'),
+        ("POST", "/v1/login", '{"user_id": "alice", "password": "S"}'),
+        ("POST", "/v1/login", '{"user_id": "alice", "password": "correct horse", "x": ["S"]}'),
+        ("PATCH", "/v1/me", '{"display_name": "S"}'),
+        ("POST", "/v1/groups", '{"name": "S", "members": ["bob"]}'),
+        ("POST", "/v1/groups", '{"name": "ok", "members": ["bob", "S"]}'),
+        ("POST", "/v1/groups", '{"name": "ok", "members": [{"S": "S"}]}'),
+    ]
+
+
+async def test_lone_surrogates_in_any_json_string_are_400(server: Server) -> None:
+    alice, _ = await user_with_message(server)
+    auth = [("authorization", f"Bearer {alice.token}")]
+    for method, path, template in surrogate_bodies():
+        for lone in LONE:
+            body = template.replace("S", lone).encode()
+            data = build(method, path, auth, body)
+            response = await httpraw.request(server.port, data)
+            message = assert_error(response, 400, "bad_request")["message"]
+            assert "surrogate" in message, (path, template, message)
+    # Nothing was created and every account still works.
+    async with HttpClient(server.url) as http:
+        response = await http.request("GET", "/v1/users/carol", token=alice.token)
+        assert response.status == 404
+        me = await http.call("GET", "/v1/me", token=alice.token)
+        assert me["display_name"] == "alice"
+        # A surrogate *pair* is one valid character and is accepted.
+        pair = b'{"display_name": "smile \\ud83d\\ude00"}'
+        response = await http.request("PATCH", "/v1/me", raw=pair, token=alice.token)
+        assert response.status == 200 and response.json()["display_name"] == "smile \U0001f600"
+    await healthy(server)
+
+
+@pytest.mark.parametrize("name", ["limit", "before", "after"])
+@pytest.mark.parametrize(
+    ("value", "status"),
+    [
+        ("9" * 5000, 400),
+        ("1" + "0" * 4299, 400),
+        (str(2**63), 400),
+        (str(2**64 + 1), 400),
+        (str(2**63 - 1), 200),
+        ("0" * 30 + "7", 200),
+        ("0" * 5000 + "7", 200),
+        ("-1", 400),
+        ("1e3", 400),
+        ("\u0661", 400),
+    ],
+)
+async def test_huge_history_query_values_are_400(
+    server: Server, name: str, value: str, status: int
+) -> None:
+    alice = await make_user(server, "alice")
+    await make_user(server, "bob")
+    async with HttpClient(server.url, token=alice.token) as http:
+        path = f"/v1/channels/dm:alice:bob/messages?{name}={quote(value)}"
+        response = await http.request("GET", path)
+    assert response.status == status, (response.status, response.body)
+    if status == 400:
+        assert response.json()["error"] == "bad_request"
+        assert name in response.json()["message"]
+
+
+@pytest.mark.parametrize(
+    "te",
+    [
+        ["gzip"],
+        ["gzip, chunked"],
+        ["chunked, gzip"],
+        ["identity"],
+        ["deflate"],
+        ["chunked", "chunked"],
+        ["gzip", "chunked"],
+    ],
+)
+async def test_transfer_encodings_other_than_chunked_are_501(server: Server, te: list[str]) -> None:
+    headers = [("transfer-encoding", v) for v in te]
+    data = build("POST", "/v1/signup", headers) + b"5\r\nhello\r\n0\r\n\r\n"
+    response = await httpraw.request(server.port, data)
+    assert_error(response, 501, "not_implemented")
+    assert response.header("connection") == "close"
+    await healthy(server)
+
+
+@pytest.mark.parametrize("version", ["HTTP/2.0", "HTTP/1.2", "HTTP/0.9", "HTTP/3.0", "HTTP/9.9"])
+async def test_http_versions_other_than_1_0_and_1_1_are_505(server: Server, version: str) -> None:
+    data = f"GET /healthz {version}\r\nhost: x\r\nconnection: close\r\n\r\n".encode()
+    response = await httpraw.request(server.port, data)
+    assert_error(response, 505, "http_version_not_supported")
+    assert response.header("connection") == "close"
+    await healthy(server)
+
+
+async def test_http_1_0_is_served(server: Server) -> None:
+    response = await httpraw.request(server.port, b"GET /healthz HTTP/1.0\r\n\r\n")
+    assert response.status == 200
