@@ -117,7 +117,7 @@ class Api:
         return Response(200, {"messages": [message_view(m) for m in page]})
 
     async def channels(self, req: Request) -> Response:
-        return Response(200, {"channels": self.app.groups.channel_list(req.user_id)})
+        return Response(200, self.app.groups.channel_list(req.user_id, req.query))
 
     async def create_group(self, req: Request) -> Response:
         return Response(201, await self.app.groups.create(req.user_id, req.json()))

@@ -8,11 +8,14 @@ from chatd import channels, validate
 from chatd.accounts import now_ms
 from chatd.errors import BadRequest, Forbidden, NotFound
 from storage import errors as storage_errors
+from storage.groups import ChannelState
 
 if TYPE_CHECKING:
     from chatd.app import App
 
 NAME_MAX = 100
+CHANNELS_DEFAULT, CHANNELS_MAX = 100, 500  # GET /v1/channels page size
+CURSOR_CHANNEL_MAX = 200
 
 
 def group_view(channel: str, group: dict[str, Any]) -> dict[str, Any]:
@@ -85,28 +88,47 @@ class Groups:
             raise Forbidden(f"you are not a member of {channel}")
         await self.store.remove_member(channel, validate.user_id(member))
 
-    def channel_list(self, user_id: str) -> list[dict[str, Any]]:
-        """The user's channels, most recent activity first, with read marks and unread counts."""
-        rows = []
-        for state in self.store.channels(user_id):
-            last_id = state.last.msg_id if state.last else 0
-            if channels.is_group(state.channel):
-                group = self.store.group(state.channel)
-                kind, name = "group", group["name"] if group else ""
-            else:
-                users = channels.dm_members(state.channel) or []
-                other = next((u for u in users if u != user_id), user_id)
-                account = self.store.account(other)
-                kind, name = "dm", account["display_name"] if account else other
-            read = min(state.read_msg_id, last_id)
-            row = {
-                "channel_id": state.channel,
-                "kind": kind,
-                "name": name,
-                "last_msg_id": last_id,
-                "read_msg_id": read,
-                "unread": last_id - read,
-            }
-            rows.append((state.last.ts if state.last else 0, row))
-        rows.sort(key=lambda r: r[0], reverse=True)
-        return [row for _, row in rows]
+    def channel_list(self, user_id: str, query: dict[str, list[str]]) -> dict[str, Any]:
+        """A page of the user's channels, most recent activity first, with read marks and
+        unread counts: ``{channels, next}``; ``next`` is the ``cursor`` of the following page
+        (None after the last). Query: ``limit`` (default 100, clamped to 500), ``cursor``."""
+        limit = validate.query_int(query, "limit")
+        if limit is None:
+            limit = CHANNELS_DEFAULT
+        if limit < 1:
+            raise BadRequest("limit must be at least 1")
+        limit = min(limit, CHANNELS_MAX)
+        cursor = query.get("cursor")
+        after = _parse_cursor(cursor) if cursor else None
+        states = self.store.channels(user_id, limit=limit + 1, after=after)
+        rows = [self._channel_row(user_id, state) for state in states[:limit]]
+        last = states[limit - 1] if len(states) > limit else None
+        return {"channels": rows, "next": f"{last.last_ts}:{last.channel}" if last else None}
+
+    def _channel_row(self, user_id: str, state: ChannelState) -> dict[str, Any]:
+        if channels.is_group(state.channel):
+            group = self.store.group(state.channel)
+            kind, name = "group", group["name"] if group else ""
+        else:
+            users = channels.dm_members(state.channel) or []
+            other = next((u for u in users if u != user_id), user_id)
+            account = self.store.account(other)
+            kind, name = "dm", account["display_name"] if account else other
+        read = min(state.read_msg_id, state.last_msg_id)
+        return {
+            "channel_id": state.channel,
+            "kind": kind,
+            "name": name,
+            "last_msg_id": state.last_msg_id,
+            "read_msg_id": read,
+            "unread": state.last_msg_id - read,
+        }
+
+
+def _parse_cursor(values: list[str]) -> tuple[int, str]:
+    """A ``next`` value, ``<last ts>:<channel id>``, back to the position it names."""
+    ts, sep, channel = values[0].partition(":")
+    ok = len(values) == 1 and ts.isascii() and ts.isdigit() and len(ts) <= 18
+    if not (ok and sep and 0 < len(channel) <= CURSOR_CHANNEL_MAX):
+        raise BadRequest("cursor must be the next value of a previous page")
+    return int(ts), channel

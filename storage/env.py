@@ -29,6 +29,7 @@ DATABASES = (
     "inboxes",  # user \0 seq -> [channel, msg_id]
     "refs",  # user \0 ref -> ack
     "memberships",  # user \0 channel -> {read: msg_id}: the user's channels and read marks
+    "channels",  # channel -> [last msg_id, its ts]: orders the channel list without messages
 )
 
 

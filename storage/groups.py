@@ -3,14 +3,17 @@
 A group record is ``{name, owner, members, created_at}`` under its channel id. Every user has a
 membership record per channel (``user \\0 channel -> {read}``): for groups from the moment they
 join, for 1:1 channels from the first message. It lists a user's channels and keeps their read
-mark; a channel's last msg_id is derived from the messages themselves.
+mark. Each message also overwrites its channel's small ``channels`` record (last msg_id and ts),
+so the channel list is ordered without reading any message.
 """
 
 from __future__ import annotations
 
+import heapq
+from dataclasses import dataclass
 from typing import Any
 
-from storage.codec import pack, str_key, unpack
+from storage.codec import int_key, pack, str_key, unpack
 from storage.env import Txn
 from storage.errors import Conflict, GroupFull, NotFound, NotMember
 
@@ -92,6 +95,46 @@ def mark_read(txn: Txn, user_id: str, channel: str, msg_id: int) -> bool:
     return True
 
 
-def memberships(txn: Txn, user_id: str) -> list[tuple[str, int]]:
-    """(channel, read mark) for every channel of the user."""
-    return [(channel, unpack(raw)["read"]) for channel, raw in txn.scan("memberships", user_id)]
+@dataclass(frozen=True, slots=True)
+class ChannelState:
+    """One row of a user's channel list (``last_ts`` is 0 while the channel has no message)."""
+
+    channel: str
+    read_msg_id: int
+    last_msg_id: int
+    last_ts: int
+
+
+def set_last(txn: Txn, channel: str, msg_id: int, ts: int) -> None:
+    txn.put("channels", channel.encode(), pack([msg_id, ts]))
+
+
+def last_of(txn: Txn, channel: str) -> tuple[int, int]:
+    """(last msg_id, its ts) of ``channel``; (0, 0) if it has no message."""
+    raw = txn.get("channels", channel.encode())
+    if raw is not None:
+        msg_id, ts = unpack(raw)
+        return msg_id, ts
+    # Written before the channels record existed: read the last message once.
+    msg_id = txn.last_id("messages", channel)
+    message = txn.get("messages", int_key(channel, msg_id)) if msg_id else None
+    return (msg_id, unpack(message)["ts"]) if message is not None else (0, 0)
+
+
+def channel_page(
+    txn: Txn, user_id: str, *, limit: int, after: tuple[int, str] | None = None
+) -> list[ChannelState]:
+    """At most ``limit`` of the user's channels, most recent last message first (ties by channel
+    id), starting after the row whose (last_ts, channel) is ``after``.
+
+    Every membership is visited (one small record each, no message is read) and only the
+    page's rows are kept, so a page costs O(channels x log limit).
+    """
+    start = None if after is None else (-after[0], after[1])
+    rows = []
+    for channel, raw in txn.scan("memberships", user_id):
+        msg_id, ts = last_of(txn, channel)
+        if start is None or (-ts, channel) > start:
+            rows.append((-ts, channel, raw, msg_id))
+    page = heapq.nsmallest(limit, rows)
+    return [ChannelState(ch, unpack(raw)["read"], msg_id, -ts) for ts, ch, raw, msg_id in page]

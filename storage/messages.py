@@ -99,6 +99,7 @@ def append_message(
         txn.put("inboxes", int_key(user, seq), pack([channel, msg_id]))
         inbox[user] = seq
     groups.mark_read(txn, sender, channel, msg_id)
+    groups.set_last(txn, channel, msg_id, ts)
     ack = {"channel": channel, "msg_id": msg_id, "ts": ts, "inbox": inbox[sender]}
     txn.put("refs", str_key(sender, ref), pack(ack))
     return Appended(ack, Message(channel, msg_id, sender, body, ts), inbox, duplicate=False)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -13,6 +12,7 @@ import trio
 from storage import accounts, groups, messages
 from storage.committer import OP_BYTES, Committer
 from storage.env import Env, Txn
+from storage.groups import ChannelState
 from storage.messages import Appended, InboxEntry, InboxPage, Message
 
 
@@ -199,21 +199,13 @@ class Store:
         fn = partial(groups.mark_read, user_id=user_id, channel=channel, msg_id=msg_id)
         self.committer.submit(fn, lambda op: on_done(op.result, op.error))
 
-    def channels(self, user_id: str) -> list[ChannelState]:
-        """The user's channels with their last message and the user's read mark."""
-        with self.env.read() as txn:
-            out = []
-            for channel, read in groups.memberships(txn, user_id):
-                last = messages.last_message(txn, channel)
-                out.append(ChannelState(channel, read, last))
-            return out
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelState:
-    channel: str
-    read_msg_id: int
-    last: Message | None
+    def channels(
+        self, user_id: str, *, limit: int, after: tuple[int, str] | None = None
+    ) -> list[ChannelState]:
+        """A page of the user's channels, most recent first; see :func:`groups.channel_page`."""
+        return self._read(  # type: ignore[no-any-return]
+            groups.channel_page, user_id, limit=limit, after=after
+        )
 
 
 def message_bytes(body: str) -> int:

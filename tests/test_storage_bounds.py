@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import trio
 import trio.testing
 
+from chatd.accounts import now_ms
+from chatd.client import ChatClient, HttpClient
 from storage import Store
+from storage.codec import int_key
 from storage.messages import Appended
+from tests.conftest import make_config, make_user, running
 
 BIG = "x" * 100_000  # a maximal message body
 
@@ -82,13 +88,13 @@ async def test_awaited_write_waits_for_room_instead_of_queueing(tmp_path: Path) 
             )
         )
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(write)
-        await trio.testing.wait_all_tasks_blocked()
-        # The writer waits for room: nothing more was queued, nothing committed.
-        assert store.committer.queued_bytes == queued and not result
-        await nursery.start(store.run)
-        await barrier(store)
+    async with trio.open_nursery() as committer:
+        async with trio.open_nursery() as writers:
+            writers.start_soon(write)
+            await trio.testing.wait_all_tasks_blocked()
+            # The writer waits for room: nothing more was queued, nothing committed.
+            assert store.committer.queued_bytes == queued and not result
+            await committer.start(store.run)
         store.close()
     assert len(done) == accepted
     assert result[0].message.msg_id == accepted + 1 and result[0].message.sender == "bob"
@@ -108,3 +114,110 @@ async def test_one_op_larger_than_the_cap_still_commits_alone(tmp_path: Path) ->
         await barrier(store)
         store.close()
     assert isinstance(done[0], Appended) and done[0].message.body == BIG
+
+
+# -- the channel list
+
+
+async def test_channel_list_reads_no_message_records(tmp_path: Path) -> None:
+    """Listing a user's channels costs one small record per channel, never a message body."""
+    store = Store(str(tmp_path / "db"), sync=False)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        for i, other in enumerate(["bob", "carol", "dave"]):
+            channel = f"dm:alice:{other}"
+            for n in range(2):
+                await store.append_message(
+                    sender=other,
+                    ref=f"r{n}",
+                    channel=channel,
+                    members=["alice", other],
+                    body=BIG,
+                    ts=1000 * (i + 1) + n,
+                )
+        # Take the message records away: the listing must not need them.
+        await store.committer.write(partial(drop_messages, channels=["bob", "carol", "dave"]))
+        assert store.channel_page("dm:alice:bob") == []
+        page = store.channels("alice", limit=10)
+        assert [(s.channel, s.last_msg_id, s.last_ts, s.read_msg_id) for s in page] == [
+            ("dm:alice:dave", 2, 3001, 0),
+            ("dm:alice:carol", 2, 2001, 0),
+            ("dm:alice:bob", 2, 1001, 0),
+        ]
+        # A page starts strictly after the (ts, channel) of the previous page's last row.
+        assert [
+            s.channel for s in store.channels("alice", limit=1, after=(3001, "dm:alice:dave"))
+        ] == ["dm:alice:carol"]
+        store.close()
+
+
+def drop_messages(txn: Any, channels: list[str]) -> None:
+    for other in channels:
+        for msg_id in (1, 2):
+            assert txn.delete("messages", int_key(f"dm:alice:{other}", msg_id))
+
+
+async def next_ms() -> None:
+    """Wait until the wall clock (which stamps ``ts``) has moved to a later millisecond."""
+    start = now_ms()
+    while now_ms() == start:
+        await trio.sleep(0.001)
+
+
+async def api(client: ChatClient, path: str) -> Any:
+    async with HttpClient(client.base_url, token=client.token) as http:
+        return await http.request("GET", path)
+
+
+async def test_get_channels_is_paginated_most_recent_first(data_dir: Path) -> None:
+    async with running(make_config(data_dir)) as server:
+        alice = await make_user(server, "alice")
+        others = [await make_user(server, name) for name in ("bob", "carol", "dave", "erin")]
+        groups = []
+        async with HttpClient(server.url, token=alice.token) as http:
+            for i in range(3):
+                body = {"name": f"club {i}", "members": ["bob"]}
+                groups.append((await http.call("POST", "/v1/groups", body))["channel_id"])
+        async with alice.session() as a:
+            for other in others:
+                await a.send(to=other.user_id, body="hello")
+            await next_ms()  # ts has millisecond resolution: make "last" unambiguous
+            await a.send(channel=groups[0], body="to the club")
+        full = (await api(alice, "/v1/channels")).json()
+        assert full["next"] is None and len(full["channels"]) == 7
+        ids = [c["channel_id"] for c in full["channels"]]
+        assert ids[0] == groups[0]  # the last message sent
+        assert set(ids[-2:]) == set(groups[1:])  # no message yet: last
+        # Pages of two, following `next`, give the same list in the same order.
+        paged, cursor, pages = [], "", 0
+        while True:
+            query = "/v1/channels?limit=2" + (f"&cursor={quote(cursor)}" if cursor else "")
+            body = (await api(alice, query)).json()
+            assert len(body["channels"]) <= 2
+            paged += body["channels"]
+            pages += 1
+            if body["next"] is None:
+                break
+            cursor = body["next"]
+        assert paged == full["channels"] and pages == 4
+        # New activity moves a channel to the front.
+        async with alice.session() as a:
+            await next_ms()
+            await a.send(to="erin", body="again")
+        first = (await api(alice, "/v1/channels?limit=1")).json()
+        assert [c["channel_id"] for c in first["channels"]] == ["dm:alice:erin"]
+        assert first["next"] is not None
+        # A limit above 500 is clamped, not refused.
+        assert len((await api(alice, "/v1/channels?limit=100000")).json()["channels"]) == 7
+        for bad in (
+            "limit=0",
+            "limit=-1",
+            "limit=x",
+            "limit=" + "9" * 5000,
+            "cursor=nope",
+            "cursor=12",
+            "limit=1&limit=2",
+        ):
+            response = await api(alice, f"/v1/channels?{bad}")
+            assert response.status == 400, bad
+            assert response.json()["error"] == "bad_request", bad
