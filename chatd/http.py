@@ -5,8 +5,9 @@ writes JSON responses. A ``GET /v1/ws`` upgrade leaves h11 behind: the socket an
 past the request go to ``chatd/ws.py``.
 
 Limits: request header block over 16 KiB -> 431; body over ``limits.max_request_body`` -> 413;
-the header block must arrive within ``server.header_timeout``; an idle keep-alive connection is
-closed after ``server.keepalive_timeout``.
+each request (header block and body; every request, not only a connection's first) must
+arrive within ``server.header_timeout`` of its first byte; an idle keep-alive connection waits
+``server.keepalive_timeout`` for that first byte, then is closed.
 """
 
 from __future__ import annotations
@@ -156,14 +157,13 @@ class HttpConnection:
     async def serve(self) -> None:
         """Serve requests until the peer leaves, a timeout, an error, or a WebSocket upgrade."""
         cfg = self.app.config.server
-        timeout = cfg.header_timeout
         handed_off = False
         self.app.open_connections += 1
         try:
             while True:
                 request = None
                 try:
-                    with trio.move_on_after(timeout):
+                    with trio.move_on_after(cfg.header_timeout):
                         request = await self._read_request()
                 except ChatError as exc:  # oversize headers or body
                     await self._respond(error_response(exc), close=True)
@@ -193,13 +193,26 @@ class HttpConnection:
                     return
                 self.h11.start_next_cycle()
                 self.head = False
-                timeout = cfg.keepalive_timeout
+                begun = False
+                with trio.move_on_after(cfg.keepalive_timeout):
+                    begun = await self._next_request_begins()
+                if not begun:
+                    return
         except OSError:
             return  # the peer went away mid-write
         finally:
             if not handed_off:
                 self.app.open_connections -= 1
                 net.close(self.sock)
+
+    async def _next_request_begins(self) -> bool:
+        """Idle keep-alive: wait for the first byte of a next request (buffered or readable);
+        True then. The caller bounds the wait with ``server.keepalive_timeout``; the request
+        then gets ``server.header_timeout`` like the first, so trickling it in a byte at a
+        time buys no more."""
+        if not self.h11.trailing_data[0]:  # else pipelined behind the last request
+            await trio.lowlevel.wait_readable(self.sock)
+        return True
 
     async def _linger(self) -> None:
         """After an error response with the request unread: half-close and discard input for

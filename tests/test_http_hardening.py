@@ -6,15 +6,18 @@ parsed strictly with h11."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pytest
+import trio
+import trio.testing
 
 from chatd.client import ChatClient, HttpClient
 from chatd.server import Server
 from tests import httpraw
-from tests.conftest import make_user
+from tests.conftest import make_config, make_user, running
 from tests.httpraw import RawResponse, build
 
 
@@ -251,3 +254,99 @@ async def test_http_versions_other_than_1_0_and_1_1_are_505(server: Server, vers
 async def test_http_1_0_is_served(server: Server) -> None:
     response = await httpraw.request(server.port, b"GET /healthz HTTP/1.0\r\n\r\n")
     assert response.status == 200
+
+
+# -- timeouts on every request of a keep-alive connection (virtual time)
+
+
+@pytest.fixture
+def clock() -> trio.testing.MockClock:
+    # Virtual time jumps once the loop has idled 10 real ms (loopback I/O finishes first).
+    return trio.testing.MockClock(autojump_threshold=0.01)
+
+
+async def drip(stream: trio.SocketStream, data: bytes, every: float) -> float | None:
+    """Write ``data`` one byte every ``every`` seconds while reading; the virtual time the
+    server closed the connection, measured from the first byte (None if it never did)."""
+    closed: list[float] = []
+    start = trio.current_time()
+
+    async def read() -> None:
+        try:
+            while await stream.receive_some(65536):
+                pass
+        except trio.BrokenResourceError:
+            pass
+        closed.append(trio.current_time() - start)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read)
+        for byte in data:
+            try:
+                await stream.send_all(bytes([byte]))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                break
+            await trio.sleep(every)
+            if closed:
+                break
+        if not closed:
+            nursery.cancel_scope.cancel()
+    return closed[0] if closed else None
+
+
+async def keepalive_stream(server: Server) -> trio.SocketStream:
+    """A connection that has had one request answered and is idle, kept alive."""
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    await stream.send_all(build("GET", "/healthz", close=False))
+    raw = b""
+    while b'"ok"}' not in raw:
+        raw += await stream.receive_some(65536)
+    (response,) = httpraw.parse_all(raw, ["GET"])
+    assert response.status == 200
+    return stream
+
+
+SLOW_REQUEST = build("GET", "/healthz") * 2  # 70+ bytes: minutes at one byte per 3 s
+
+
+async def test_header_timeout_applies_to_the_second_request(
+    data_dir: Path, clock: trio.testing.MockClock
+) -> None:
+    config = make_config(data_dir, server={"header_timeout": 10.0, "keepalive_timeout": 60.0})
+    async with running(config) as server:
+        stream = await keepalive_stream(server)
+        async with stream:
+            closed_after = await drip(stream, SLOW_REQUEST, every=3.0)
+        assert closed_after is not None and 9.0 <= closed_after <= 13.5, closed_after
+        await healthy(server)
+
+
+async def test_header_timeout_applies_to_the_first_request(
+    data_dir: Path, clock: trio.testing.MockClock
+) -> None:
+    config = make_config(data_dir, server={"header_timeout": 10.0, "keepalive_timeout": 60.0})
+    async with running(config) as server:
+        async with await trio.open_tcp_stream("127.0.0.1", server.port) as stream:
+            closed_after = await drip(stream, SLOW_REQUEST, every=3.0)
+        assert closed_after is not None and 9.0 <= closed_after <= 13.5, closed_after
+
+
+async def test_idle_keepalive_waits_keepalive_timeout_not_header_timeout(
+    data_dir: Path, clock: trio.testing.MockClock
+) -> None:
+    config = make_config(data_dir, server={"header_timeout": 10.0, "keepalive_timeout": 60.0})
+    async with running(config) as server:
+        stream = await keepalive_stream(server)
+        async with stream:
+            await trio.sleep(45)  # idle longer than header_timeout, within keepalive_timeout
+            await stream.send_all(build("GET", "/healthz"))
+            raw = b""
+            while chunk := await stream.receive_some(65536):
+                raw += chunk
+        assert [r.status for r in httpraw.parse_all(raw, ["GET"])] == [200]
+        # Idle past keepalive_timeout: closed without a word.
+        stream = await keepalive_stream(server)
+        async with stream:
+            start = trio.current_time()
+            assert await stream.receive_some(65536) == b""
+            assert 59.0 <= trio.current_time() - start <= 62.0
