@@ -61,13 +61,13 @@ async def test_dm_by_channel_to_an_unknown_user_stores_nothing(server: Server) -
     assert [c["channel_id"] for c in listed] == ["dm:alice:bob"]
     # Whoever signs up as ghost later finds nothing addressed to it.
     ghost = await make_user(server, "ghost")
-    assert (await api(ghost, "GET", "/v1/channels")).json() == {"channels": []}
+    assert (await api(ghost, "GET", "/v1/channels")).json()["channels"] == []
     async with ghost.session(since=0) as g:
         with trio.fail_after(10):
             await g.synced.wait()
         assert g.welcome["inbox_head"] == 0 and g.cursor == 0
     res = await api(ghost, "GET", "/v1/channels/dm:alice:ghost/messages")
-    assert res.status == 200 and res.json() == {"messages": []}
+    assert res.status == 200 and res.json()["messages"] == []
 
 
 async def test_dm_by_channel_between_existing_users_still_works(server: Server) -> None:
