@@ -6,6 +6,22 @@ a slow-consumer 1008), resumes from its cursor with ``hello.since`` so no messag
 re-sends every un-acked ``send`` with its original ``ref`` (the server answers a known ref with
 the original ack, so nothing is stored twice).
 
+Incoming frames wait in a buffer of ``buffer`` frames until the application reads them. A slow
+reader never stalls the session (acks and replies keep flowing) and never loses a message: once
+the buffer is full, further ``msg`` frames are dropped without moving the cursor, and when the
+application has read the buffer down to half, the session reconnects with ``since`` = cursor
+and the server replays them, each exactly once and in inbox order. ``presence``, ``read`` and
+``typing`` frames that arrive while it lags are dropped (the reconnect brings a fresh presence
+snapshot).
+
+A session ends for good when the server refuses it: a revoked or expired token (close 4001 or
+an ``unauthorized`` answer to the reconnect's ``hello``), ``too_many_sessions``, or any other
+refused ``hello``. It stops reconnecting, and every later operation (``send``, ``send_frame``,
+``next_frame``, ``messages`` once the buffered frames are read) raises :class:`ChatError` with
+that code. After a close it does not reconnect from (any close with ``reconnect=False``), the
+session is over too: ``send`` and ``send_frame`` raise ``ConnectionClosed`` and ``messages``
+ends once the buffered frames are read.
+
     client = ChatClient("http://127.0.0.1:8080", "alice", "password")
     async with client.session() as s:
         ack = await s.send(to="bob", body="hi")
@@ -25,6 +41,7 @@ from typing import Any
 import msgpack
 import trio
 from trio_websocket import (
+    CloseReason,
     ConnectionClosed,
     HandshakeError,
     WebSocketConnection,
@@ -34,6 +51,9 @@ from trio_websocket import (
 from chatd.client.http import HttpClient
 
 RECONNECT_CODES = {1001, 1006, 1008, 1011, 1012, 1013}
+#: close codes that end a session with an error code, as the refusal's error frame would
+REFUSAL_CODES = {4001: "unauthorized", 4002: "wrong_shard"}
+BUFFER = 1000  # incoming frames waiting for the application, by default
 
 
 class ChatError(Exception):
@@ -82,16 +102,22 @@ class ChatClient:
 
     @asynccontextmanager
     async def session(
-        self, *, since: int | None = None, reconnect: bool = True, heartbeat: float | None = 10.0
+        self,
+        *,
+        since: int | None = None,
+        reconnect: bool = True,
+        heartbeat: float | None = 10.0,
+        buffer: int = BUFFER,
     ) -> AsyncIterator[Session]:
         """A connected device; ``since`` resumes from a stored cursor. A ``ping`` frame goes out
-        every ``heartbeat`` seconds (None: never) so the server keeps the device online."""
+        every ``heartbeat`` seconds (None: never) so the server keeps the device online.
+        ``buffer`` frames wait for the application at most (see the module's docstring)."""
         if self.token is None:
             await self.login()
         if not self.ws_url:
             self.ws_url = self.base_url.replace("http", "ws", 1) + "/v1/ws"
         async with trio.open_nursery() as nursery:
-            session = Session(self, nursery, since=since, reconnect=reconnect)
+            session = Session(self, nursery, since=since, reconnect=reconnect, buffer=buffer)
             await session._connect()
             nursery.start_soon(session._keep)
             if heartbeat is not None:
@@ -104,11 +130,18 @@ class ChatClient:
 
 class Session:
     def __init__(
-        self, client: ChatClient, nursery: trio.Nursery, *, since: int | None, reconnect: bool
+        self,
+        client: ChatClient,
+        nursery: trio.Nursery,
+        *,
+        since: int | None,
+        reconnect: bool,
+        buffer: int = BUFFER,
     ) -> None:
         self.client = client
         self._nursery = nursery
-        #: cur_max_message_id: the highest inbox seq this device has received in order.
+        #: cur_max_message_id: every inbox seq up to it was handed to the application (or is
+        #: one of this session's own acked sends).
         self.cursor: int | None = since
         self.reconnect = reconnect
         self.welcome: dict[str, Any] = {}
@@ -118,9 +151,18 @@ class Session:
         self._ws: WebSocketConnection | None = None
         self._pending: dict[str, tuple[dict[str, Any], trio.Event, list[Any]]] = {}
         self._pong: trio.Event | None = None
-        self._in_send, self._in_recv = trio.open_memory_channel[dict[str, Any]](10_000)
+        self._in_send, self._in_recv = trio.open_memory_channel[dict[str, Any]](buffer)
+        self._buffer = buffer
+        #: frames were dropped on a full buffer: resync from the cursor once it is read down
+        self._lagging = False
+        #: inbox seqs of our own acked sends above the cursor: a replay skips them
+        self._own: set[int] = set()
+        self._read_scope: trio.CancelScope | None = None
+        #: set while connected, and for good once the session is over
         self._up = trio.Event()
         self._done = False
+        #: why the session is over: an error frame (refused) or the close it did not survive
+        self._ended: dict[str, Any] | ConnectionClosed | None = None
 
     # -- public API
     async def send(
@@ -154,10 +196,12 @@ class Session:
         self._pong = trio.Event()
         await self.send_frame({"type": "ping"})
         await self._pong.wait()
+        self._raise_if_over()
 
     async def send_frame(self, frame: dict[str, Any]) -> None:
-        """Send any frame as is (no ack tracking)."""
+        """Send any frame as is (no ack tracking); waits while reconnecting."""
         await self._up.wait()
+        self._raise_if_over()
         assert self._ws is not None
         if self.client.binary:
             await self._ws.send_message(msgpack.packb(frame))
@@ -165,23 +209,41 @@ class Session:
             await self._ws.send_message(json.dumps(frame))
 
     async def next_frame(self) -> dict[str, Any]:
-        """The next server frame other than acks, replies and pongs (msg, presence, ...)."""
-        return await self._in_recv.receive()
+        """The next server frame other than acks, replies and pongs (msg, presence, ...).
+
+        Once the session is over and its buffer read: ChatError if the server refused it,
+        else ``trio.EndOfChannel``."""
+        try:
+            frame = await self._in_recv.receive()
+        except trio.EndOfChannel:
+            if isinstance(self._ended, dict):
+                raise ChatError(self._ended) from None
+            raise
+        if self._lagging and self._read_scope is not None:
+            if self._in_recv.statistics().current_buffer_used <= self._buffer // 2:
+                self._read_scope.cancel()  # caught up enough: resync from the cursor
+        return frame
 
     async def messages(self) -> AsyncIterator[dict[str, Any]]:
-        """``msg`` frames, across reconnects, in inbox order."""
-        async for frame in self._in_recv:
+        """``msg`` frames, across reconnects, in inbox order. Ends when the session is closed;
+        raises ChatError if the server refused it."""
+        while True:
+            try:
+                frame = await self.next_frame()
+            except trio.EndOfChannel:
+                return
             if frame["type"] == "msg":
                 yield frame
 
     async def aclose(self) -> None:
         self._done = True
-        self._give_up()
+        self._give_up(self._ended or ConnectionClosed(CloseReason(1000, "session closed")))
         await self._discard()
         self._nursery.cancel_scope.cancel()
 
     # -- internals
     async def _request(self, frame: dict[str, Any]) -> dict[str, Any]:
+        self._raise_if_over()
         done, box = trio.Event(), list[dict[str, Any]]()
         self._pending[frame["ref"]] = (frame, done, box)
         try:
@@ -194,8 +256,7 @@ class Session:
         finally:
             self._pending.pop(frame["ref"], None)
         if not box:
-            assert self.closed is not None
-            raise self.closed
+            self._raise_if_over()
         reply = box[0]
         if reply["type"] == "error":
             raise ChatError(reply)
@@ -212,6 +273,7 @@ class Session:
 
     async def _connect(self) -> None:
         await self._discard()
+        self._lagging = False  # the replay from the cursor brings whatever was dropped
         ws = await connect_websocket_url(
             self._nursery,
             self.client.ws_url,
@@ -244,47 +306,82 @@ class Session:
         return json.loads(data)  # type: ignore[no-any-return]
 
     async def _keep(self) -> None:
-        """Read frames; on a drop, reconnect with jittered exponential backoff."""
+        """Read frames; on a drop, reconnect with jittered exponential backoff; after a lag,
+        reconnect at once to resync from the cursor. Ends when the session is over."""
         delay = 0.1
         while not self._done and self._ws is not None:
             ws = self._ws  # aclose() may clear self._ws while we wait
-            try:
-                while True:
-                    self._on_frame(self._decode(await ws.get_message()))
-                    delay = 0.1
-            except ConnectionClosed as exc:
-                if self._done:
-                    return
-                self.closed = exc
-                self._up = trio.Event()
-                code = exc.reason.code if exc.reason else 1006
-                if not self.reconnect or code not in RECONNECT_CODES:
-                    self._give_up()
-                    await self._discard()
-                    return
+            with trio.CancelScope() as scope:
+                self._read_scope = scope
+                try:
+                    while True:
+                        self._on_frame(self._decode(await ws.get_message()))
+                        delay = 0.1
+                except ConnectionClosed as exc:
+                    if self._done:
+                        return
+                    self.closed = exc
+                    code = exc.reason.code if exc.reason else 1006
+                    if not self.reconnect or code not in RECONNECT_CODES:
+                        await self._end(exc)
+                        return
+            self._read_scope = None
+            self._up = trio.Event()
+            resync = scope.cancelled_caught  # by next_frame(): the application caught up
             while not self._done:
-                await trio.sleep(random.uniform(0, delay))  # full jitter
-                delay = min(delay * 2, 10.0)
+                if not resync:
+                    await trio.sleep(random.uniform(0, delay))  # full jitter
+                    delay = min(delay * 2, 10.0)
+                resync = False
                 try:
                     await self._connect()
                     break
-                except (OSError, HandshakeError, ConnectionClosed, trio.BrokenResourceError):
+                except ChatError as refused:  # the server answered hello with an error
+                    await self._end(refused.frame)
+                    return
+                except ConnectionClosed as closed:
+                    if closed.reason is not None and closed.reason.code in REFUSAL_CODES:
+                        await self._end(closed)
+                        return
+                except (OSError, HandshakeError, trio.BrokenResourceError):
                     continue
 
     async def _heartbeat(self, interval: float) -> None:
-        while True:
+        while self._ended is None:
             await trio.sleep(interval)
-            if self._up.is_set():
+            if self._up.is_set() and self._ended is None:
                 try:
                     await self.send_frame({"type": "ping"})
                 except ConnectionClosed:
-                    pass  # _keep reconnects
+                    pass  # _keep reconnects (or the session is over: the loop ends)
+                except ChatError:
+                    return  # refused for good
 
-    def _give_up(self) -> None:
-        """The session is over for good: wake every waiting request and iterator."""
+    async def _end(self, why: dict[str, Any] | ConnectionClosed) -> None:
+        """The server refused the session or closed it for good: no more reconnects."""
+        code = why.reason.code if isinstance(why, ConnectionClosed) and why.reason else None
+        if code in REFUSAL_CODES:
+            reason = why.reason.reason if isinstance(why, ConnectionClosed) and why.reason else ""
+            why = {"type": "error", "code": REFUSAL_CODES[code], "message": reason or "refused"}
+        self._give_up(why)
+        await self._discard()
+
+    def _give_up(self, why: dict[str, Any] | ConnectionClosed) -> None:
+        """The session is over for good: wake every waiting request, sender and iterator."""
+        if self._ended is None:
+            self._ended = why
         self._in_send.close()
+        self._up.set()
+        if self._pong is not None:
+            self._pong.set()
         for _, done, _ in self._pending.values():
             done.set()
+
+    def _raise_if_over(self) -> None:
+        if isinstance(self._ended, dict):
+            raise ChatError(self._ended)
+        if self._ended is not None:
+            raise ConnectionClosed(self._ended.reason)
 
     def _on_frame(self, frame: dict[str, Any]) -> None:
         kind = frame.get("type")
@@ -293,17 +390,55 @@ class Session:
             _, done, box = self._pending[ref]
             box.append(frame)
             done.set()
-            if kind == "ack" and self.synced.is_set() and frame["inbox"] == (self.cursor or 0) + 1:
-                self.cursor = frame["inbox"]
+            if kind == "ack" and frame["inbox"] > (self.cursor or 0):
+                self._own.add(frame["inbox"])
+                self._advance()
             return
         if kind == "pong":
             if self._pong is not None:
                 self._pong.set()
             return
         if kind == "msg":
-            self.cursor = max(self.cursor or 0, frame["inbox"])
-        elif kind == "synced":
-            self.cursor = max(self.cursor or 0, frame["head"])
+            self._on_msg(frame)
+            return
+        if kind == "synced":
+            if not self._lagging:
+                self._advance(frame["head"])
             self.synced.set()
-        if not self._done:
+        self._deliver(frame)
+
+    def _on_msg(self, frame: dict[str, Any]) -> None:
+        seq = frame["inbox"]
+        if seq <= (self.cursor or 0):
+            return  # had it already
+        if seq in self._own:
+            self._advance()  # our own send, replayed: its ack stood for it
+        elif self._deliver(frame):
+            # The server sends an inbox in order, so everything below seq was delivered (or
+            # is our own); after a drop nothing is delivered until the resync.
+            self._advance(seq)
+
+    def _deliver(self, frame: dict[str, Any]) -> bool:
+        """Hand a frame to the application; False if it was dropped (the buffer is full)."""
+        if self._done or self._lagging:
+            return False
+        try:
             self._in_send.send_nowait(frame)
+        except trio.WouldBlock:
+            self._lagging = True
+            return False
+        return True
+
+    def _advance(self, to: int | None = None) -> None:
+        """Move the cursor to ``to`` (if given), then over our own sends that follow it."""
+        if self.cursor is None:
+            return
+        cursor = self.cursor
+        if to is not None and to > cursor:
+            cursor = to
+            if self._own:  # forget our own sends it jumped over
+                self._own = {s for s in self._own if s > cursor}
+        while cursor + 1 in self._own:
+            cursor += 1
+            self._own.discard(cursor)
+        self.cursor = cursor
