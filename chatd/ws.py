@@ -48,9 +48,30 @@ REPLAY_CHUNK = 100
 REPLAY_HIGH_WATER = 256 * 1024
 CLOSE_FLUSH_TIMEOUT = 2.0
 MAX_INFLIGHT = 256  # un-acked sends per connection before it stops reading
+MAX_FRAGMENTS = 1024  # frames one message may come in (close 1009 beyond)
 
 _device_prefix = secrets.token_hex(2)
 _device_ids = itertools.count(1)
+
+
+def _byte_size(data: str | bytes) -> int:
+    """The size of a message piece on the wire (text as UTF-8)."""
+    if isinstance(data, bytes) or data.isascii():
+        return len(data)
+    return len(data.encode())
+
+
+class _Partial:
+    """A data message still arriving: its bytes so far (text as UTF-8) and its frame count.
+
+    Allocated only while a message is incomplete, so an idle connection pays one empty slot.
+    """
+
+    __slots__ = ("data", "frames")
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.frames = 0
 
 
 class Conn:
@@ -106,7 +127,7 @@ class Conn:
         self.close_code = 0
         self.close_reason = ""
         self.dead = False
-        self.partial: list[str | bytes] | None = None
+        self.partial: _Partial | None = None  # a message still arriving in pieces
         self.last_seq = 0
         self.syncing = False
         self.replay_from: int | None = None
@@ -166,22 +187,27 @@ class Conn:
     async def _read_loop(self, max_frame: int) -> None:
         # net.recv is inlined and each batch handled in a plain method, so an idle
         # connection holds one coroutine frame less and no reference to its last bytes/events.
+        # Bytes that came in the same segment as the upgrade request (a pipelined hello) are
+        # already in wsproto's buffer: they are handled before waiting for the socket.
+        self.heard_at = trio.current_time()
+        self._on_events(max_frame)
         while not self.closing:
-            await trio.lowlevel.wait_readable(self.sock)
-            if not self._on_readable(max_frame):
-                self.dead = True
-                return
-            if self.replay_from is not None and not self.closing:
+            if self.replay_from is not None:
                 await self._replay()
-            if self.inflight >= MAX_INFLIGHT and not self.closing:
+            elif self.inflight >= MAX_INFLIGHT:
                 # Backpressure: stop reading until acks come back, so a fast sender fills
                 # its own TCP window instead of the commit queue.
                 self.acks_waiter = trio.Event()
                 await self.acks_waiter.wait()
                 self.acks_waiter = None
+            else:
+                await trio.lowlevel.wait_readable(self.sock)
+                if not self._on_readable(max_frame):
+                    self.dead = True
+                    return
 
     def _on_readable(self, max_frame: int) -> bool:
-        """Handle everything one ``recv`` brings, replies corked into one write. False at EOF."""
+        """Handle everything one ``recv`` brings. False at EOF."""
         try:
             data = self.sock.recv(net.RECV_SIZE)
         except BlockingIOError:
@@ -192,6 +218,11 @@ class Conn:
             return False
         self.heard_at = trio.current_time()
         self.ws.receive_data(data)
+        self._on_events(max_frame)
+        return True
+
+    def _on_events(self, max_frame: int) -> None:
+        """Handle the events in wsproto's buffer, replies corked into one write."""
         self.corked = True
         try:
             for event in self.ws.events():
@@ -204,31 +235,47 @@ class Conn:
             self.close(code, str(exc)[:100])
         finally:
             self._uncork()
-        return True
 
     def _on_event(self, event: Any, max_frame: int) -> None:
         if isinstance(event, Message):
-            size = len(event.data)
-            if self.partial is not None:
-                size += sum(len(p) for p in self.partial)
-            if size > max_frame:
-                self.close(1009, f"frame over {max_frame} bytes")
-                return
-            if not event.message_finished:
-                if self.partial is None:
-                    self.partial = []
-                self.partial.append(event.data)
-                return
-            data = event.data
-            if self.partial is not None:
-                data = data[:0].join([*self.partial, data])  # type: ignore[arg-type]
-                self.partial = None
-            self._on_frame(data)
+            self._on_message(event, max_frame)
         elif isinstance(event, Ping):
             self._write(self.ws.send(event.response()))
         elif isinstance(event, CloseConnection):
             self._write(self.ws.send(event.response()))
             self.closing = True
+
+    def _on_message(self, event: Message[Any], max_frame: int) -> None:
+        """One piece of a data message: a whole frame, or the part of one that has arrived.
+
+        Sizes count bytes (text as UTF-8), not characters. The pieces of an incomplete message
+        go into one bytearray, so each piece costs O(its size) however many there are, and the
+        message holds no more memory than its bytes; at most ``MAX_FRAGMENTS`` frames each.
+        """
+        data = event.data
+        partial = self.partial
+        if partial is None and event.message_finished:  # the usual case: handed over as is
+            # At most 4 bytes per character: short text needs no encoding to be measured.
+            if len(data) > max_frame // 4 and _byte_size(data) > max_frame:
+                self.close(1009, f"message over {max_frame} bytes")
+            else:
+                self._on_frame(data)
+            return
+        if partial is None:
+            partial = self.partial = _Partial()
+        partial.data += data.encode() if isinstance(data, str) else data
+        partial.frames += event.frame_finished
+        if len(partial.data) > max_frame:
+            self.partial = None
+            self.close(1009, f"message over {max_frame} bytes")
+        elif not event.message_finished:
+            if partial.frames >= MAX_FRAGMENTS:
+                self.partial = None
+                self.close(1009, f"message in over {MAX_FRAGMENTS} frames")
+        else:
+            self.partial = None
+            # wsproto validated the UTF-8 of a text message already.
+            self._on_frame(partial.data.decode() if isinstance(data, str) else bytes(partial.data))
 
     def _on_frame(self, data: str | bytes) -> None:
         try:
