@@ -37,6 +37,13 @@ log = logging.getLogger("chatd.http")
 MAX_HEADER_BYTES = 16 * 1024
 LINGER_SECONDS, LINGER_BYTES = 2.0, 4 << 20
 SERVER_HEADER = (b"server", b"chatd")
+INTERNAL = {"error": "internal", "message": "internal server error"}
+_internal_body = json.dumps(INTERNAL).encode()
+INTERNAL_HEAD = (
+    b"HTTP/1.1 500 Internal Server Error\r\nserver: chatd\r\ncontent-type: application/json\r\n"
+    b"content-length: %d\r\nconnection: close\r\n\r\n" % len(_internal_body)
+)
+INTERNAL_RESPONSE = INTERNAL_HEAD + _internal_body
 
 
 class HeadersTooLarge(ChatError):
@@ -153,57 +160,81 @@ class HttpConnection:
         self.client = client
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
         self.head = False  # the request being answered is a HEAD: headers only
+        self.responded = False  # bytes of a response to the current request were sent
+        self.handed_off = False  # the socket now belongs to a WebSocket task
 
     async def serve(self) -> None:
-        """Serve requests until the peer leaves, a timeout, an error, or a WebSocket upgrade."""
-        cfg = self.app.config.server
-        handed_off = False
+        """Serve requests until the peer leaves, a timeout, an error, or a WebSocket upgrade.
+
+        The connection's last-resort handler is here: an unexpected exception anywhere in
+        serving it (parsing, routing, responding) is logged once with the peer's address,
+        answered 500 if no response has begun, and closes this connection only.
+        """
         self.app.open_connections += 1
         try:
-            while True:
-                request = None
-                try:
-                    with trio.move_on_after(cfg.header_timeout):
-                        request = await self._read_request()
-                except ChatError as exc:  # oversize headers or body
-                    await self._respond(error_response(exc), close=True)
-                    await self._linger()
-                    return
-                except h11.RemoteProtocolError as exc:
-                    if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                        error = PROTOCOL_ERRORS.get(exc.error_status_hint, BadRequest)
-                        await self._respond(
-                            error_response(error(f"malformed HTTP request: {exc}")), close=True
-                        )
-                        await self._linger()
-                    return
-                if request is None:
-                    return
-                if request.path == "/v1/ws" and request.is_websocket():
-                    handed_off = await self._upgrade(request)
-                    return
-                self.app.http_busy += 1
-                try:
-                    response = await self.app.api.dispatch(request)
-                    await self._respond(response, close=self.app.draining)
-                finally:
-                    self.app.http_busy -= 1
-                    self.app.check_idle()
-                if self.h11.our_state is not h11.DONE or self.h11.their_state is not h11.DONE:
-                    return
-                self.h11.start_next_cycle()
-                self.head = False
-                begun = False
-                with trio.move_on_after(cfg.keepalive_timeout):
-                    begun = await self._next_request_begins()
-                if not begun:
-                    return
+            await self._serve()
         except OSError:
-            return  # the peer went away mid-write
+            pass  # the peer went away mid-write
+        except Exception:
+            log.exception("HTTP connection from %s failed", self.client)
+            await self._internal_error()
         finally:
-            if not handed_off:
+            if not self.handed_off:
                 self.app.open_connections -= 1
                 net.close(self.sock)
+
+    async def _serve(self) -> None:
+        cfg = self.app.config.server
+        while True:
+            request = None
+            try:
+                with trio.move_on_after(cfg.header_timeout):
+                    request = await self._read_request()
+            except ChatError as exc:  # oversize headers or body, a bad request line
+                await self._respond(error_response(exc), close=True)
+                await self._linger()
+                return
+            except h11.RemoteProtocolError as exc:
+                if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                    error = PROTOCOL_ERRORS.get(exc.error_status_hint, BadRequest)
+                    response = error_response(error(f"malformed HTTP request: {exc}"))
+                    await self._respond(response, close=True)
+                    await self._linger()
+                return
+            if request is None:
+                return
+            if request.path == "/v1/ws" and request.is_websocket():
+                await self._upgrade(request)
+                return
+            self.app.http_busy += 1
+            try:
+                response = await self.app.api.dispatch(request)
+                await self._respond(response, close=self.app.draining)
+            finally:
+                self.app.http_busy -= 1
+                self.app.check_idle()
+            if self.h11.our_state is not h11.DONE or self.h11.their_state is not h11.DONE:
+                return
+            self.h11.start_next_cycle()
+            self.head = self.responded = False
+            begun = False
+            with trio.move_on_after(cfg.keepalive_timeout):
+                begun = await self._next_request_begins()
+            if not begun:
+                return
+
+    async def _internal_error(self) -> None:
+        """The last resort's answer: a 500 written without h11 (whose state may be what
+        broke), unless part of a response already went out; then the connection closes."""
+        if self.responded or self.handed_off:
+            return
+        self.responded = True
+        with trio.move_on_after(LINGER_SECONDS):
+            try:
+                await net.send_all(self.sock, INTERNAL_HEAD if self.head else INTERNAL_RESPONSE)
+                await self._linger()
+            except OSError:
+                pass
 
     async def _next_request_begins(self) -> bool:
         """Idle keep-alive: wait for the first byte of a next request (buffered or readable);
@@ -224,8 +255,8 @@ class HttpConnection:
             while discarded < LINGER_BYTES and (data := await net.recv(self.sock)):
                 discarded += len(data)
 
-    async def _upgrade(self, request: Request) -> bool:
-        """Answer 101 and hand the socket to a new WebSocket task (True), or answer an error.
+    async def _upgrade(self, request: Request) -> None:
+        """Answer 101 and hand the socket to a new WebSocket task, or answer an error.
 
         This task then ends, so nothing of the HTTP exchange (h11 state, request headers, this
         coroutine's frames) stays alive for the life of the WebSocket.
@@ -238,11 +269,12 @@ class HttpConnection:
             headers, binary = handshake(self.app, request)
         except ChatError as exc:
             await self._respond(error_response(exc), close=True)
-            return False
+            return
         out = self.h11.send(h11.InformationalResponse(status_code=101, headers=headers))
+        self.responded = True
         await net.send_all(self.sock, out)
         self.app.ws.start(self.sock, binary, self.h11.trailing_data[0])
-        return True
+        self.handed_off = True
 
     async def _next_event(self) -> Any:
         while True:
@@ -312,6 +344,7 @@ class HttpConnection:
         if body and not self.head:  # a HEAD answer declares the GET body's length only
             out += self.h11.send(h11.Data(data=body))
         out += self.h11.send(h11.EndOfMessage())
+        self.responded = True
         await net.send_all(self.sock, out)
 
 
@@ -324,5 +357,5 @@ async def run_handler(handler: Handler, request: Request, params: dict[str, str]
     except StorageUnavailable as exc:
         return error_response(Unavailable(str(exc)))
     except Exception:
-        log.exception("%s %s failed", request.method, request.path)
-        return Response(500, {"error": "internal", "message": "internal server error"})
+        log.exception("%s %s from %s failed", request.method, request.path, request.client)
+        return Response(500, INTERNAL)

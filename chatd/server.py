@@ -24,7 +24,20 @@ from chatd.presence import set_keepalive
 from storage import Store
 
 log = logging.getLogger("chatd")
-ACCEPT_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+#: accept(2) failing for the one connection being accepted (reset before it was accepted, a
+#: firewall refusal, any error the socket took on first: Linux reports those from accept):
+#: skip it and take the next. The list trio's SocketListener ignores, plus EINTR.
+ACCEPT_SKIP = {
+    getattr(errno, name)
+    for name in (
+        "EPERM ECONNABORTED EPROTO ENETDOWN ENOPROTOOPT EHOSTDOWN ENONET EHOSTUNREACH "
+        "EOPNOTSUPP ENETUNREACH ENOSR ESOCKTNOSUPPORT EPROTONOSUPPORT ETIMEDOUT ECONNRESET EINTR"
+    ).split()
+    if hasattr(errno, name)
+}
+#: The process or the system is out of descriptors or memory: log, back off, retry.
+ACCEPT_BACK_OFF = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+BACK_OFF_SECONDS = 0.1
 GC_FREEZE_EVERY = 1000  # accepted connections between gc.freeze() calls
 
 
@@ -88,6 +101,7 @@ async def serve(
                 accept_scope = trio.CancelScope()
                 conns.start_soon(_accept_loop, app, listener, conns, accept_scope)
                 conns.start_soon(app.presence.run)
+                conns.start_soon(app.sweeper.run)
                 _tune_gc()
                 print(f"chatd listening on http://{host}:{port}", file=sys.stderr, flush=True)
                 task_status.started(server)
@@ -118,19 +132,35 @@ async def _accept_loop(
                 except BlockingIOError:
                     break
                 except OSError as exc:
-                    if exc.errno in ACCEPT_ERRNOS:
-                        log.error("accept: %s; backing off", exc)
-                        await trio.sleep(0.1)
+                    if exc.errno in ACCEPT_SKIP:
+                        log.debug("accept: %s; skipped", exc)
+                        break  # back to wait_readable: a checkpoint between retries
+                    if exc.errno in ACCEPT_BACK_OFF:
+                        log.error("accept: %s; backing off %.1f s", exc, BACK_OFF_SECONDS)
+                        await trio.sleep(BACK_OFF_SECONDS)
                         break
                     raise
                 if app.open_connections >= app.config.server.max_connections:
                     sock.close()  # at capacity: refuse at once rather than leave it hanging
                     app.refused_connections += 1
                     continue
-                sock.setblocking(False)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                set_keepalive(sock, app.config.presence)
+                if not _tune_socket(app, sock, addr[0]):
+                    continue
                 conns.start_soon(HttpConnection(app, sock, addr[0]).serve)
                 accepted += 1
                 if accepted % GC_FREEZE_EVERY == 0:
                     gc.freeze()
+
+
+def _tune_socket(app: App, sock: socket.socket, client: str) -> bool:
+    """Non-blocking, no Nagle delay, kernel keepalive. False (and the socket closed) if the
+    options fail, as they may for a connection reset between accept and here."""
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        set_keepalive(sock, app.config.presence)
+    except OSError as exc:
+        log.debug("connection from %s: socket options failed (%s); closed", client, exc)
+        sock.close()
+        return False
+    return True

@@ -6,6 +6,11 @@ parsed strictly with h11."""
 
 from __future__ import annotations
 
+import errno
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -14,11 +19,15 @@ import pytest
 import trio
 import trio.testing
 
+import chatd.server
 from chatd.client import ChatClient, HttpClient
+from chatd.http import HttpConnection, Request, Response
+from chatd.presence import set_keepalive
 from chatd.server import Server
 from tests import httpraw
 from tests.conftest import make_config, make_user, running
 from tests.httpraw import RawResponse, build
+from tests.test_ws_errors import wait_for
 
 
 def assert_error(response: RawResponse, status: int, code: str) -> dict[str, Any]:
@@ -350,3 +359,174 @@ async def test_idle_keepalive_waits_keepalive_timeout_not_header_timeout(
             start = trio.current_time()
             assert await stream.receive_some(65536) == b""
             assert 59.0 <= trio.current_time() - start <= 62.0
+
+
+# -- last-resort handlers and the accept loop
+
+
+async def boom_read(self: HttpConnection) -> Request | None:
+    request = await ORIGINAL_READ(self)
+    if request is not None and request.path == "/boom":
+        raise RuntimeError("injected fault while parsing")
+    return request
+
+
+ORIGINAL_READ = HttpConnection._read_request
+
+
+def inject(server: Server, stage: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in one stage of serving a connection, hit only by requests for /boom."""
+    if stage == "parse":
+        monkeypatch.setattr(HttpConnection, "_read_request", boom_read)
+        return
+    dispatch = server.app.api.dispatch
+
+    async def broken(request: Request) -> Response:
+        if request.path != "/boom":
+            return await dispatch(request)
+        if stage == "route":
+            raise RuntimeError("injected fault while routing")
+        return Response(200, {"not json": {1, 2}})  # "respond": json.dumps fails
+
+    monkeypatch.setattr(server.app.api, "dispatch", broken)
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize("stage", ["parse", "route", "respond"])
+async def test_a_bug_in_one_connection_is_a_500_for_it_alone(
+    server: Server, stage: str, method: str, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    inject(server, stage, monkeypatch)
+    bystander = await keepalive_stream(server)  # a connection open across the fault
+    async with bystander:
+        with caplog.at_level("ERROR"):
+            local = "127.0.0.3"
+            data = build(method, "/boom", close=False)
+            raw = await httpraw.exchange(server.port, data, local_address=local)
+        (response,) = httpraw.parse_all(raw, [method])
+        assert response.status == 500 and response.header("connection") == "close"
+        if method == "GET":
+            assert response.json() == {"error": "internal", "message": "internal server error"}
+        else:
+            assert response.body == b""
+        errors = [r for r in caplog.records if r.levelname == "ERROR"]
+        assert len(errors) == 1, [r.getMessage() for r in errors]
+        assert local in errors[0].getMessage() and errors[0].exc_info is not None
+        # The bystander and new connections are served as before.
+        await bystander.send_all(build("GET", "/healthz"))
+        raw = b""
+        while chunk := await bystander.receive_some(65536):
+            raw += chunk
+        assert [r.status for r in httpraw.parse_all(raw, ["GET"])] == [200]
+        await healthy(server)
+
+
+class FlakyListener(socket.socket):
+    """A real listening socket whose accept() first fails with each of ``errnos`` in turn,
+    as accept(2) does for a connection reset before it was accepted, a firewall refusal, or
+    a process out of file descriptors."""
+
+    errnos: list[int] = []
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        if FlakyListener.errnos:
+            code = FlakyListener.errnos.pop(0)
+            raise OSError(code, os.strerror(code))
+        return super().accept()
+
+
+ACCEPT_ERRNOS = [
+    errno.ECONNABORTED,
+    errno.EPROTO,
+    errno.EPERM,
+    errno.ENETDOWN,
+    errno.ENOPROTOOPT,
+    errno.EHOSTDOWN,
+    errno.ENONET,
+    errno.EHOSTUNREACH,
+    errno.EOPNOTSUPP,
+    errno.ENETUNREACH,
+    errno.ECONNRESET,
+    errno.ETIMEDOUT,
+    errno.EMFILE,
+    errno.ENFILE,
+    errno.ENOMEM,
+    errno.ENOBUFS,
+]
+
+
+async def test_accept_errors_are_retried_or_backed_off(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def flaky_listen(host: str, port: int) -> socket.socket:
+        sock = FlakyListener(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+        sock.setblocking(False)
+        return sock
+
+    monkeypatch.setattr(chatd.server, "_listen", flaky_listen)
+    async with running(make_config(data_dir)) as server:
+        for code in ACCEPT_ERRNOS:
+            FlakyListener.errnos = [code]
+            await healthy(server)  # the pending connection is accepted on a retry
+            assert FlakyListener.errnos == []
+        # Several failures queued while connections wait in the backlog.
+        FlakyListener.errnos = ACCEPT_ERRNOS[:8]
+        async with trio.open_nursery() as nursery:
+            for _ in range(8):
+                nursery.start_soon(healthy, server)
+
+
+async def test_setsockopt_failure_closes_that_socket_only(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fail = [errno.EINVAL, errno.ECONNRESET]
+
+    def flaky_keepalive(sock: socket.socket, cfg: Any) -> None:
+        if fail:
+            code = fail.pop(0)
+            raise OSError(code, os.strerror(code))
+        set_keepalive(sock, cfg)
+
+    monkeypatch.setattr(chatd.server, "set_keepalive", flaky_keepalive)
+    for _ in range(2):  # the socket is closed at once, without a response
+        assert await httpraw.exchange(server.port, build("GET", "/healthz")) == b""
+    await healthy(server)
+    await wait_for(lambda: server.app.open_connections == 0)
+
+
+async def test_connections_reset_at_once_do_not_disturb_others(server: Server) -> None:
+    statuses: list[int] = []
+
+    async def resetters() -> None:
+        for _ in range(300):
+            sock = socket.create_connection(("127.0.0.1", server.port))
+            httpraw.reset(sock)
+            await trio.lowlevel.checkpoint()
+
+    async def client() -> None:
+        async with HttpClient(server.url) as http:
+            for _ in range(50):
+                statuses.append((await http.request("GET", "/healthz")).status)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(resetters)
+        nursery.start_soon(client)
+    assert statuses == [200] * 50
+    await wait_for(lambda: server.app.open_connections == 0)
+
+
+@pytest.mark.parametrize("listen", ["256.1.1.1:0", "192.0.2.1:0"])
+def test_start_up_failures_exit_1_with_one_line(tmp_path: Path, listen: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "chatd", "serve", "--listen", listen, "--data", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("chatd: cannot start: "), result.stderr
