@@ -70,6 +70,8 @@ class LimitsConfig:
     max_group_members: int = 100
     typing_rate: float = 1.0
     typing_burst: int = 5
+    read_rate: float = 20.0
+    read_burst: int = 100
     max_body_chars: int = 100_000
     max_frame_bytes: int = 1 << 20
     max_request_body: int = 1 << 20

@@ -28,6 +28,8 @@ def make_config(data: Path, **sections: dict[str, Any]) -> Config:
         login_burst=10_000,
         signup_rate=10_000.0,
         signup_burst=10_000,
+        read_rate=10_000.0,
+        read_burst=10_000,
     )
     config = Config(
         server=server, limits=limits, storage=StorageConfig(), security=SecurityConfig()

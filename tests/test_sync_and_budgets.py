@@ -3,6 +3,7 @@ and outbound byte budgets for history pages and replays (real sockets, real LMDB
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -12,12 +13,14 @@ from typing import Any
 import pytest
 import trio
 
+from chatd.client import HttpClient
 from chatd.server import Server
+from chatd.ws import MAX_INFLIGHT
 from storage import Store
 from storage.env import Op, Txn
 from tests import wsraw
-from tests.conftest import make_user
-from tests.wsraw import RawWs
+from tests.conftest import PASSWORD, make_config, make_user, running
+from tests.wsraw import RawWs, client_frame
 
 
 @pytest.fixture(autouse=True)
@@ -193,3 +196,107 @@ async def test_inbox_page_reads_entries_and_head_in_one_snapshot(tmp_path: Path)
         assert page.entries == [] and page.head == 3
         assert store.inbox_page("nobody", 0, 100).head == 0
         store.close()
+
+
+# -- 2. read receipts: rate-limited, in flight, coalesced
+
+
+async def group_with_messages(server: Server, owner: str, members: list[str], count: int) -> str:
+    clients = {u: await make_user(server, u) for u in [owner, *members]}
+    async with HttpClient(server.url, token=clients[owner].token) as http:
+        group = await http.call("POST", "/v1/groups", {"name": "reads", "members": members})
+    channel: str = group["channel_id"]
+    async with clients[owner].session(heartbeat=None) as s:
+        for i in range(count):
+            await s.send(channel=channel, body=f"m{i}")
+    return channel
+
+
+def burst(frames: list[dict[str, Any]]) -> bytes:
+    """Client frames for one TCP write (so the server reads them in one batch)."""
+    return b"".join(client_frame(0x1, json.dumps(f).encode()) for f in frames)
+
+
+async def test_a_burst_of_reads_is_coalesced_into_few_commits_and_relays(server: Server) -> None:
+    others = ["m_one", "m_two", "m_three"]
+    channel = await group_with_messages(server, "owner", ["ann", *others], 50)
+    tokens = {u: (await login(server, u)) for u in ["owner", "ann", *others]}
+    watchers = {u: await connect(server, tokens[u]) for u in ["owner", *others]}
+    ann, ann_other = await connect(server, tokens["ann"]), await connect(server, tokens["ann"])
+    watchers["ann (other device)"] = ann_other
+    await ann.send_raw(burst([read_frame(channel, i) for i in range(1, 51)]))
+    for name, ws in watchers.items():
+        relays = []
+        with trio.fail_after(10):
+            while not relays or relays[-1] < 50:
+                frame = await ws.recv()
+                assert frame is not None, f"{name} closed with {ws.close_code}"
+                if frame["type"] == "read":
+                    assert frame["user_id"] == "ann" and frame["channel"] == channel
+                    relays.append(frame["msg_id"])
+        relays += [f["msg_id"] for f in await round_trip(ws) if f["type"] == "read"]
+        assert relays == sorted(set(relays)) and relays[-1] == 50, (name, relays)
+        assert len(relays) <= 3, (name, relays)
+    assert [f for f in await round_trip(ann) if f["type"] == "read"] == []
+    async with HttpClient(server.url, token=tokens["ann"]) as http:
+        listing = await http.call("GET", "/v1/channels")
+    (row,) = [c for c in listing["channels"] if c["channel_id"] == channel]
+    assert row["read_msg_id"] == 50 and row["unread"] == 0
+
+
+async def login(server: Server, user: str) -> str:
+    async with HttpClient(server.url) as http:
+        data = await http.call("POST", "/v1/login", {"user_id": user, "password": PASSWORD})
+    return data["token"]  # type: ignore[no-any-return]
+
+
+async def test_reads_are_rate_limited_per_user(data_dir: Path) -> None:
+    config = make_config(data_dir, limits={"read_rate": 0.001, "read_burst": 5})
+    async with running(config) as server:
+        channel = await group_with_messages(server, "owner", ["ann"], 8)
+        token = await login(server, "ann")
+        owner = await connect(server, await login(server, "owner"))
+        first, second = await connect(server, token), await connect(server, token)
+        await first.send_raw(burst([read_frame(channel, i) for i in range(1, 5)]))
+        await second.send_raw(burst([read_frame(channel, i) for i in range(5, 9)]))
+        # The bucket is per user: 5 reads pass across both devices, the rest are refused.
+        errors = [f for f in await round_trip(first) if f["type"] == "error"]
+        errors += [f for f in await round_trip(second) if f["type"] == "error"]
+        assert [e["code"] for e in errors] == ["rate_limited"] * 3
+        assert all(isinstance(e["retry_after"], int) and e["retry_after"] > 0 for e in errors)
+        relays = [(await frames_until(owner, "read"))[-1]["msg_id"]]
+        while relays[-1] != 5:
+            relays.append((await frames_until(owner, "read"))[-1]["msg_id"])
+        assert relays == sorted(set(relays))
+        async with HttpClient(server.url, token=token) as http:
+            listing = await http.call("GET", "/v1/channels")
+        (row,) = [c for c in listing["channels"] if c["channel_id"] == channel]
+        assert row["read_msg_id"] == 5
+
+
+async def test_reads_count_as_in_flight_until_committed(server: Server) -> None:
+    channel = await group_with_messages(server, "owner", ["ann"], 10)
+    token = await login(server, "ann")
+    ann = await connect(server, token)
+    (conn,) = server.app.sessions.devices("ann")
+    await server.app.store.committer.write(lambda txn: None)
+    with CommitGate(server.app.store) as gate:
+        await ann.send_raw(burst([read_frame(channel, 1 + i % 10) for i in range(300)]))
+        # Every read waits for its commit: past MAX_INFLIGHT the connection stops reading.
+        with trio.fail_after(10):
+            while conn.acks_waiter is None:  # noqa: ASYNC110 (server state with no event)
+                await trio.sleep(0.01)
+        assert conn.inflight >= MAX_INFLIGHT
+        await gate.held()
+        gate.release()
+        assert [f["type"] for f in await round_trip(ann)] == []
+    assert conn.inflight == 0
+    async with HttpClient(server.url, token=token) as http:
+        listing = await http.call("GET", "/v1/channels")
+    (row,) = [c for c in listing["channels"] if c["channel_id"] == channel]
+    assert row["read_msg_id"] == 10
+
+
+def read_frame(channel: str, msg_id: int) -> dict[str, Any]:
+    return {"type": "read", "channel": channel, "msg_id": msg_id}
+
