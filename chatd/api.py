@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from chatd import channels, validate
+from chatd import validate
 from chatd.accounts import token_digest
 from chatd.errors import BadRequest, RateLimited, Unavailable
 from chatd.http import Request, Response, Router, run_handler
-from chatd.messages import history_limits, message_view
 
 if TYPE_CHECKING:
     from chatd.app import App
@@ -106,15 +105,12 @@ class Api:
         return Response(204)
 
     async def channel_messages(self, req: Request, channel_id: str) -> Response:
-        channels.check_member(self.app.store, channel_id, req.user_id)
         args: dict[str, Any] = {}
         for name in ("before", "after", "limit"):
             value = validate.query_int(req.query, name)
             if value is not None:
                 args[name] = value
-        before, after, limit = history_limits(args)
-        page = self.app.store.channel_page(channel_id, before=before, after=after, limit=limit)
-        return Response(200, {"messages": [message_view(m) for m in page]})
+        return Response(200, self.app.messenger.history_page(req.user_id, channel_id, args))
 
     async def channels(self, req: Request) -> Response:
         return Response(200, self.app.groups.channel_list(req.user_id, req.query))

@@ -72,6 +72,8 @@ class LimitsConfig:
     typing_burst: int = 5
     read_rate: float = 20.0
     read_burst: int = 100
+    history_rate: float = 10.0
+    history_burst: int = 50
     max_body_chars: int = 100_000
     max_frame_bytes: int = 1 << 20
     max_request_body: int = 1 << 20

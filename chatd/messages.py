@@ -27,6 +27,7 @@ from chatd.errors import (
     Unavailable,
 )
 from chatd.protocol.frames import Encoded, History, Send
+from chatd.ratelimit import RateLimiter
 from storage import StorageUnavailable
 from storage import errors as storage_errors
 from storage.messages import Appended, InboxEntry, Message
@@ -75,7 +76,9 @@ class Messenger:
         self.app = app
         self.store = app.store
         self.sessions = app.sessions
-        self.max_body = app.config.limits.max_body_chars
+        limits = app.config.limits
+        self.max_body = limits.max_body_chars
+        self.history_limiter = RateLimiter(limits.history_rate, limits.history_burst)
 
     def send(self, conn: Conn, frame: Send) -> None:
         """Validate and queue one send; the ack and deliveries follow from the commit hook."""
@@ -162,16 +165,27 @@ class Messenger:
                     device.deliver(seq, encoded)
 
     def history(self, user_id: str, frame: History) -> dict[str, Any]:
+        """The reply to a WebSocket ``history`` frame."""
+        args = {"before": frame.before, "limit": frame.limit}
         try:
-            channels.check_member(self.store, frame.channel, user_id)
-            before, _after, limit = history_limits({"before": frame.before, "limit": frame.limit})
+            page = self.history_page(user_id, frame.channel, args)
         except ChatError as exc:
             exc.ref = frame.ref
             raise
-        page = self.store.channel_page(frame.channel, before=before, limit=limit)
-        return {
-            "type": "history",
-            "ref": frame.ref,
-            "channel": frame.channel,
-            "messages": [message_view(m) for m in page],
-        }
+        except StorageUnavailable as exc:
+            raise Unavailable(str(exc), ref=frame.ref) from None
+        return {"type": "history", "ref": frame.ref, "channel": frame.channel, **page}
+
+    def history_page(self, user_id: str, channel: str, args: dict[str, Any]) -> dict[str, Any]:
+        """``{"messages": [...]}``: one page of ``channel`` for ``user_id``, ascending.
+
+        The WebSocket ``history`` frame and ``GET /v1/channels/{id}/messages`` both come here,
+        so they share one rate limit per user (``limits.history_rate``/``history_burst``).
+        """
+        wait = self.history_limiter.take(user_id)
+        if wait:
+            raise RateLimited("history requests too fast", retry_after=wait)
+        channels.check_member(self.store, channel, user_id)
+        before, after, limit = history_limits(args)
+        page = self.store.channel_page(channel, before=before, after=after, limit=limit)
+        return {"messages": [message_view(m) for m in page]}

@@ -30,6 +30,8 @@ def make_config(data: Path, **sections: dict[str, Any]) -> Config:
         signup_burst=10_000,
         read_rate=10_000.0,
         read_burst=10_000,
+        history_rate=10_000.0,
+        history_burst=10_000,
     )
     config = Config(
         server=server, limits=limits, storage=StorageConfig(), security=SecurityConfig()

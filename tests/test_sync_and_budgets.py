@@ -300,3 +300,31 @@ async def test_reads_count_as_in_flight_until_committed(server: Server) -> None:
 def read_frame(channel: str, msg_id: int) -> dict[str, Any]:
     return {"type": "read", "channel": channel, "msg_id": msg_id}
 
+
+# -- 3. history is rate-limited per user, over WebSocket and HTTP together
+
+
+async def test_history_is_rate_limited_per_user_over_ws_and_http(data_dir: Path) -> None:
+    config = make_config(data_dir, limits={"history_rate": 0.001, "history_burst": 3})
+    async with running(config) as server:
+        alice, bob = await make_user(server, "alice"), await make_user(server, "bob")
+        async with alice.session(heartbeat=None) as a:
+            await a.send(to="bob", body="hi")
+        ws = await connect(server, alice.token)
+        path = "/v1/channels/dm:alice:bob/messages"
+        async with HttpClient(server.url, token=alice.token) as http:
+            for i in range(2):
+                await ws.send({"type": "history", "ref": f"h{i}", "channel": "dm:alice:bob"})
+                (reply,) = await frames_until(ws, "history")
+                assert [m["body"] for m in reply["messages"]] == ["hi"]
+            assert (await http.call("GET", path))["messages"][0]["body"] == "hi"
+            # The bucket (burst 3) is spent: both transports refuse, with a retry hint.
+            await ws.send({"type": "history", "ref": "h3", "channel": "dm:alice:bob"})
+            (error,) = await frames_until(ws, "error")
+            assert error["code"] == "rate_limited" and error["ref"] == "h3"
+            assert isinstance(error["retry_after"], int) and error["retry_after"] > 0
+            res = await http.request("GET", path)
+            assert res.status == 429 and res.json()["error"] == "rate_limited"
+            assert res.json()["retry_after"] > 0 and int(res.headers["retry-after"]) >= 1
+        async with HttpClient(server.url, token=bob.token) as http:  # per user: bob is fine
+            assert len((await http.call("GET", path))["messages"]) == 1
