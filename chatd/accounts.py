@@ -95,10 +95,14 @@ class Accounts:
 
     def authenticate(self, token: str) -> str:
         """The user a bearer token belongs to; Unauthorized if unknown, revoked or expired."""
+        return self.authenticate_until(token)[0]
+
+    def authenticate_until(self, token: str) -> tuple[str, int]:
+        """:meth:`authenticate`, with the token's expiry (ms since the epoch)."""
         record = self.store.token(token_digest(token)) if token else None
         if record is None or record["exp"] <= now_ms():
             raise Unauthorized("missing, bad, expired or revoked token")
-        return record["user"]  # type: ignore[no-any-return]
+        return record["user"], record["exp"]
 
     async def logout(self, token: str) -> None:
         await self.store.delete_token(token_digest(token))

@@ -15,6 +15,7 @@ from chatd.presence import Presence
 from chatd.ratelimit import RateLimiter
 from chatd.receipts import Receipts
 from chatd.sessions import Sessions
+from chatd.sweeper import Sweeper
 from chatd.ws import WsServer
 from storage import Store
 
@@ -48,6 +49,7 @@ class App:
         self.receipts = Receipts(self)
         self.groups = Groups(self)
         self.presence = Presence(self)
+        self.sweeper = Sweeper(self)
         self.ws = WsServer(self)
         self.api = Api(self)
 

@@ -91,9 +91,18 @@ class StorageConfig:
     sync: bool = True
     max_batch: int = 1000
     max_queue_bytes: int = 64 << 20
+    sweep_interval: float = 300.0
+    ref_retention_hours: float = 24.0
 
     def validate(self) -> None:
-        for key in ("map_size", "max_map_size", "max_batch", "max_queue_bytes"):
+        for key in (
+            "map_size",
+            "max_map_size",
+            "max_batch",
+            "max_queue_bytes",
+            "sweep_interval",
+            "ref_retention_hours",
+        ):
             _positive(f"storage.{key}", getattr(self, key))
         if self.max_map_size < self.map_size:
             raise ConfigError("storage.max_map_size: must be >= storage.map_size")

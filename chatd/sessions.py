@@ -5,8 +5,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from chatd.errors import Unauthorized
+
 if TYPE_CHECKING:
     from chatd.ws import Conn
+
+
+def sign_out(conn: Conn, reason: str) -> None:
+    """End an authenticated connection whose token stopped working (revoked or expired): an
+    ``unauthorized`` error frame, then close 4001."""
+    conn.send_frame(Unauthorized(reason).frame())
+    conn.close(4001, reason)
 
 
 class Sessions:
@@ -34,7 +43,7 @@ class Sessions:
         """Close (4001) every connection of ``user_id`` that authenticated with this token."""
         for conn in list(self.devices(user_id)):
             if conn.token_digest == token_digest:
-                conn.close(4001, "token revoked")
+                sign_out(conn, "token revoked")
 
     def users(self) -> int:
         return len(self._by_user)

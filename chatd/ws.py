@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import secrets
 import socket
 from typing import TYPE_CHECKING, Any
@@ -28,7 +27,7 @@ from wsproto.events import CloseConnection, Message, Ping
 from wsproto.utilities import RemoteProtocolError
 
 from chatd import net
-from chatd.accounts import token_digest
+from chatd.accounts import now_ms, token_digest
 from chatd.errors import (
     BadRequest,
     ChatError,
@@ -38,6 +37,7 @@ from chatd.errors import (
 )
 from chatd.messages import inbox_frame
 from chatd.protocol import frames
+from chatd.sessions import sign_out
 from storage import StorageUnavailable
 
 if TYPE_CHECKING:
@@ -143,7 +143,9 @@ class Conn:
             with trio.CancelScope() as self.scope:
                 self.scope.deadline = trio.current_time() + self.app.config.server.hello_timeout
                 await self._read_loop(limits.max_frame_bytes)
-            if self.scope.cancelled_caught and not self.user_id and not self.closing:
+            if self.scope.cancelled_caught and not self.closing and self.user_id:
+                sign_out(self, "token expired")  # the deadline _hello set
+            elif self.scope.cancelled_caught and not self.closing:
                 self.send_frame(BadRequest("no hello within the deadline").frame())
                 self.close(1008, "hello timeout")
         finally:
@@ -312,7 +314,7 @@ class Conn:
 
     def _hello(self, hello: frames.Hello) -> None:
         app = self.app
-        user = app.accounts.authenticate(hello.token)
+        user, expires_at = app.accounts.authenticate_until(hello.token)
         if app.sessions.count(user) >= app.config.limits.max_sessions_per_user:
             raise TooManySessions(
                 f"at most {app.config.limits.max_sessions_per_user} sessions per user"
@@ -321,7 +323,9 @@ class Conn:
         self.device_id = f"{_device_prefix}{next(_device_ids):x}"
         self.token_digest = token_digest(hello.token)
         assert self.scope is not None
-        self.scope.deadline = math.inf
+        # From now on the read loop's deadline is the token's expiry (wall-clock ms turned into
+        # trio time): run() then signs the device out. No timer or task of its own.
+        self.scope.deadline = trio.current_time() + (expires_at - now_ms()) / 1000
         app.sessions.add(self)
         app.presence.connected(self)
         head = app.store.inbox_head(user)

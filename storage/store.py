@@ -9,7 +9,7 @@ from typing import Any
 
 import trio
 
-from storage import accounts, groups, messages
+from storage import accounts, groups, messages, retention
 from storage.committer import OP_BYTES, Committer
 from storage.env import Env, Txn
 from storage.groups import ChannelState
@@ -82,6 +82,15 @@ class Store:
 
     async def delete_token(self, digest: bytes) -> bool:
         return await self.committer.write(partial(accounts.delete_token, digest=digest))
+
+    # -- retention
+    async def purge_chunk(
+        self, db: str, cutoff: int, start: bytes, *, limit: int = 1000
+    ) -> tuple[bytes | None, int]:
+        """One bounded chunk of a purge of ``db`` ("tokens" or "refs"), as one write op:
+        see :func:`retention.purge_chunk`. Returns (next start or None, deleted)."""
+        fn = partial(retention.purge_chunk, db=db, cutoff=cutoff, start=start, limit=limit)
+        return await self.committer.write(fn)
 
     # -- friends
     def friends(self, user_id: str) -> list[tuple[str, str]]:
