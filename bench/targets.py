@@ -29,6 +29,7 @@ BENCH_CONFIG = """\
 max_connections = 19500
 
 [limits]
+max_connections_per_ip = 19500
 send_rate = 1000000.0
 send_burst = 1000000
 login_rate = 1000000.0

@@ -10,6 +10,7 @@ from chatd.accounts import Accounts
 from chatd.api import Api
 from chatd.config import Config
 from chatd.groups import Groups
+from chatd.limits import ConnectionLimits
 from chatd.messages import Messenger
 from chatd.presence import Presence
 from chatd.ratelimit import RateLimiter
@@ -27,8 +28,10 @@ class App:
         #: Where helper tasks that belong to no single request run (output flushers).
         self.nursery = nursery
         self.draining = False
-        self.open_connections = 0  # TCP connections being served (HTTP or WebSocket)
-        self.refused_connections = 0  # closed at accept because of server.max_connections
+        #: TCP connections (HTTP or WebSocket), counted at accept, total and per address
+        self.connections = ConnectionLimits(
+            config.server.max_connections, config.limits.max_connections_per_ip
+        )
         self.http_busy = 0  # HTTP requests being handled right now (drain waits for them)
         self._idle = trio.Event()
         server = config.server
@@ -52,6 +55,17 @@ class App:
         self.sweeper = Sweeper(self)
         self.ws = WsServer(self)
         self.api = Api(self)
+
+    @property
+    def open_connections(self) -> int:
+        """TCP connections being served (HTTP or WebSocket), counted from accept."""
+        return self.connections.open
+
+    @property
+    def refused_connections(self) -> int:
+        """Connections closed at accept: over ``server.max_connections`` or far over the
+        per-address cap."""
+        return self.connections.dropped
 
     def check_idle(self) -> None:
         """Called as connections and requests end: wakes :meth:`wait_idle` while draining."""

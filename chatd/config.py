@@ -78,6 +78,7 @@ class LimitsConfig:
     max_frame_bytes: int = 1 << 20
     max_request_body: int = 1 << 20
     outbound_queue_bytes: int = 1 << 20
+    max_connections_per_ip: int = 1000
 
     def validate(self) -> None:
         for f in fields(self):

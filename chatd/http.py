@@ -154,10 +154,13 @@ def error_response(exc: ChatError) -> Response:
 
 
 class HttpConnection:
-    def __init__(self, app: App, sock: socket.socket, client: str) -> None:
+    def __init__(
+        self, app: App, sock: socket.socket, client: str, refusal: ChatError | None = None
+    ) -> None:
         self.app = app
         self.sock = sock
         self.client = client
+        self.refusal = refusal  # read one request, answer this error, close
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
         self.head = False  # the request being answered is a HEAD: headers only
         self.responded = False  # bytes of a response to the current request were sent
@@ -170,7 +173,6 @@ class HttpConnection:
         serving it (parsing, routing, responding) is logged once with the peer's address,
         answered 500 if no response has begun, and closes this connection only.
         """
-        self.app.open_connections += 1
         try:
             await self._serve()
         except OSError:
@@ -180,7 +182,7 @@ class HttpConnection:
             await self._internal_error()
         finally:
             if not self.handed_off:
-                self.app.open_connections -= 1
+                self.app.connections.release(self.sock)  # counted at accept
                 net.close(self.sock)
 
     async def _serve(self) -> None:
@@ -202,6 +204,9 @@ class HttpConnection:
                     await self._linger()
                 return
             if request is None:
+                return
+            if self.refusal is not None:
+                await self._respond(error_response(self.refusal), close=True)
                 return
             if request.path == "/v1/ws" and request.is_websocket():
                 await self._upgrade(request)
@@ -273,7 +278,7 @@ class HttpConnection:
         out = self.h11.send(h11.InformationalResponse(status_code=101, headers=headers))
         self.responded = True
         await net.send_all(self.sock, out)
-        self.app.ws.start(self.sock, binary, self.h11.trailing_data[0])
+        self.app.ws.start(self.sock, binary, self.h11.trailing_data[0], self.client)
         self.handed_off = True
 
     async def _next_event(self) -> Any:

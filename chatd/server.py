@@ -19,7 +19,9 @@ import trio
 from chatd import net
 from chatd.app import App
 from chatd.config import Config
+from chatd.errors import Unavailable
 from chatd.http import HttpConnection
+from chatd.limits import Admission
 from chatd.presence import set_keepalive
 from storage import Store
 
@@ -38,6 +40,7 @@ ACCEPT_SKIP = {
 #: The process or the system is out of descriptors or memory: log, back off, retry.
 ACCEPT_BACK_OFF = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 BACK_OFF_SECONDS = 0.1
+PER_IP_RETRY_AFTER = 5.0  # seconds, for a connection over limits.max_connections_per_ip
 GC_FREEZE_EVERY = 1000  # accepted connections between gc.freeze() calls
 
 
@@ -140,13 +143,19 @@ async def _accept_loop(
                         await trio.sleep(BACK_OFF_SECONDS)
                         break
                     raise
-                if app.open_connections >= app.config.server.max_connections:
+                client = addr[0]
+                admission = app.connections.admit(sock, client)
+                if admission is Admission.DROP:
                     sock.close()  # at capacity: refuse at once rather than leave it hanging
-                    app.refused_connections += 1
                     continue
-                if not _tune_socket(app, sock, addr[0]):
+                if not _tune_socket(app, sock, client):
                     continue
-                conns.start_soon(HttpConnection(app, sock, addr[0]).serve)
+                refusal = None
+                if admission is Admission.REFUSE:
+                    refusal = Unavailable(
+                        "too many connections from your address", retry_after=PER_IP_RETRY_AFTER
+                    )
+                conns.start_soon(HttpConnection(app, sock, client, refusal).serve)
                 accepted += 1
                 if accepted % GC_FREEZE_EVERY == 0:
                     gc.freeze()
@@ -161,6 +170,7 @@ def _tune_socket(app: App, sock: socket.socket, client: str) -> bool:
         set_keepalive(sock, app.config.presence)
     except OSError as exc:
         log.debug("connection from %s: socket options failed (%s); closed", client, exc)
+        app.connections.release(sock)
         sock.close()
         return False
     return True

@@ -156,7 +156,7 @@ class Conn:
                 await self._shutdown()
             finally:
                 self.app.ws.conns.discard(self)
-                self.app.open_connections -= 1
+                self.app.connections.release(self.sock)
                 self.app.check_idle()
 
     def close(self, code: int, reason: str = "") -> None:

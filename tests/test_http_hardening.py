@@ -6,6 +6,7 @@ parsed strictly with h11."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -28,6 +29,7 @@ from tests import httpraw
 from tests.conftest import make_config, make_user, running
 from tests.httpraw import RawResponse, build
 from tests.test_ws_errors import wait_for
+from tests.wsraw import RawWs
 
 
 def assert_error(response: RawResponse, status: int, code: str) -> dict[str, Any]:
@@ -530,3 +532,107 @@ def test_start_up_failures_exit_1_with_one_line(tmp_path: Path, listen: str) -> 
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("chatd: cannot start: "), result.stderr
+
+
+# -- connection caps
+
+
+async def read_all(stream: trio.SocketStream) -> bytes:
+    raw = b""
+    try:
+        while chunk := await stream.receive_some(65536):
+            raw += chunk
+    except trio.BrokenResourceError:
+        pass
+    return raw
+
+
+async def test_max_connections_is_exact_under_a_burst(data_dir: Path) -> None:
+    async with running(make_config(data_dir, server={"max_connections": 5})) as server:
+        # 20 connections complete their TCP handshake in the backlog before the server runs
+        # again: it then accepts them in one go.
+        socks = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(20)]
+        streams = [trio.SocketStream(trio.socket.from_stdlib_socket(s)) for s in socks]
+        answers: dict[int, bytes] = {}
+
+        async def ask(i: int) -> None:
+            with contextlib.suppress(trio.BrokenResourceError):
+                await streams[i].send_all(build("GET", "/healthz", close=False))
+            raw = b""
+            with contextlib.suppress(trio.BrokenResourceError):
+                while b'"ok"}' not in raw and (chunk := await streams[i].receive_some(65536)):
+                    raw += chunk
+            answers[i] = raw
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                for i in range(20):
+                    nursery.start_soon(ask, i)
+        served = [i for i, raw in answers.items() if raw]
+        assert len(served) == 5, answers
+        for i in served:
+            assert [r.status for r in httpraw.parse_all(answers[i], ["GET"])] == [200]
+        assert server.app.open_connections == 5
+        assert server.app.refused_connections == 15
+        for stream in streams:
+            await stream.aclose()
+        await wait_for(lambda: server.app.open_connections == 0)
+        await healthy(server)
+
+
+UPGRADE = [
+    ("upgrade", "websocket"),
+    ("connection", "Upgrade"),
+    ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ("sec-websocket-version", "13"),
+]
+
+
+async def test_connections_per_ip_over_the_cap_get_503(data_dir: Path) -> None:
+    config = make_config(data_dir, limits={"max_connections_per_ip": 3})
+    async with running(config) as server:
+        held = [await keepalive_stream(server) for _ in range(2)]
+        ws, _ = await RawWs.connect(server.port)  # a WebSocket counts too
+        assert ws is not None
+        assert server.app.connections.from_ip("127.0.0.1") == 3
+        # Over the cap: plain requests and upgrades alike get 503 with Retry-After.
+        for method, data in (
+            ("GET", build("GET", "/healthz")),
+            ("HEAD", build("HEAD", "/healthz")),
+            ("GET", build("GET", "/v1/ws", UPGRADE, close=False)),
+        ):
+            raw = await httpraw.exchange(server.port, data, half_close=True)
+            (response,) = httpraw.parse_all(raw, [method])
+            assert response.status == 503
+            assert int(response.header("retry-after") or 0) >= 1
+            assert response.header("connection") == "close"
+            if method == "GET":
+                assert_error(response, 503, "unavailable")
+        # Another address is not affected.
+        other = await httpraw.request(
+            server.port, build("GET", "/healthz"), local_address="127.0.0.2"
+        )
+        assert other.status == 200
+        # A connection that ends gives its place back, WebSocket or HTTP.
+        await ws.aclose()
+        await wait_for(lambda: server.app.connections.from_ip("127.0.0.1") == 2)
+        await healthy(server)
+        for stream in held:
+            await stream.aclose()
+        await wait_for(lambda: server.app.open_connections == 0)
+
+
+async def test_connections_per_ip_far_over_the_cap_are_closed_at_accept(data_dir: Path) -> None:
+    config = make_config(data_dir, limits={"max_connections_per_ip": 2})
+    async with running(config) as server:
+        streams = [await trio.open_tcp_stream("127.0.0.1", server.port) for _ in range(2 + 16)]
+        await wait_for(lambda: server.app.open_connections == 18)
+        dropped = await trio.open_tcp_stream("127.0.0.1", server.port)
+        async with dropped:
+            await dropped.send_all(build("GET", "/healthz"))
+            assert await read_all(dropped) == b""
+        assert server.app.refused_connections == 1
+        for stream in streams:
+            await stream.aclose()
+        await wait_for(lambda: server.app.open_connections == 0)
+        await healthy(server)
