@@ -42,6 +42,7 @@ class Api:
             if auth:
                 req.token = req.bearer()
                 req.user_id = self.accounts.authenticate(req.token)
+                self._limit("api", req.user_id)
             return await handler(req, **params)
 
         return await run_handler(routed, request, {})

@@ -45,6 +45,7 @@ class App:
             "send": RateLimiter(limits.send_rate, limits.send_burst),
             "login": RateLimiter(limits.login_rate, limits.login_burst),
             "signup": RateLimiter(limits.signup_rate, limits.signup_burst),
+            "api": RateLimiter(limits.api_rate, limits.api_burst),
         }
         self.sessions = Sessions()
         self.accounts = Accounts(store, config.security)

@@ -79,6 +79,8 @@ class LimitsConfig:
     max_request_body: int = 1 << 20
     outbound_queue_bytes: int = 1 << 20
     max_connections_per_ip: int = 1000
+    api_rate: float = 50.0
+    api_burst: int = 200
 
     def validate(self) -> None:
         for f in fields(self):

@@ -636,3 +636,38 @@ async def test_connections_per_ip_far_over_the_cap_are_closed_at_accept(data_dir
             await stream.aclose()
         await wait_for(lambda: server.app.open_connections == 0)
         await healthy(server)
+
+
+# -- per-user rate limit on authenticated calls
+
+
+async def test_authenticated_calls_are_rate_limited_per_user(
+    data_dir: Path, clock: trio.testing.MockClock
+) -> None:
+    config = make_config(data_dir, limits={"api_rate": 0.5, "api_burst": 3})
+    async with running(config) as server:
+        alice = await make_user(server, "alice")
+        bob = await make_user(server, "bob")
+        async with HttpClient(server.url, token=alice.token) as http:
+            for _ in range(3):
+                assert (await http.request("GET", "/v1/me")).status == 200
+            for method, path in (
+                ("GET", "/v1/me"),
+                ("HEAD", "/v1/friends"),
+                ("PUT", "/v1/friends/bob"),
+            ):
+                response = await http.request(method, path)
+                assert response.status == 429, (method, path, response.status)
+                assert int(response.headers["retry-after"]) == 2
+                if method != "HEAD":
+                    body = response.json()
+                    assert body["error"] == "rate_limited"
+                    assert 1000 < body["retry_after"] <= 2000
+            # Other users, unauthenticated routes and bad tokens are not held back.
+            bob_me = await http.request("GET", "/v1/me", token=bob.token)
+            assert bob_me.status == 200
+            assert (await http.request("GET", "/healthz", token="")).status == 200
+            assert (await http.request("GET", "/v1/me", token="nope")).status == 401
+            await trio.sleep(2.0)
+            assert (await http.request("GET", "/v1/me")).status == 200
+            assert (await http.request("GET", "/v1/me")).status == 429
