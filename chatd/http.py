@@ -278,7 +278,7 @@ class HttpConnection:
         out = self.h11.send(h11.InformationalResponse(status_code=101, headers=headers))
         self.responded = True
         await net.send_all(self.sock, out)
-        self.app.ws.start(self.sock, binary, self.h11.trailing_data[0])
+        self.app.ws.start(self.sock, binary, self.h11.trailing_data[0], self.client)
         self.handed_off = True
 
     async def _next_event(self) -> Any:

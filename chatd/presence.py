@@ -12,7 +12,8 @@ connection:
   slots that came due; a connection heard from since is moved to its new slot, a silent one is
   closed 1008. So each connection is looked at about once per timeout period (15,000
   connections / 30 s = 500 checks per second), not once per tick, and no connection has a timer
-  task of its own.
+  task of its own. Slots are sets and each device points at its own, so a device that
+  disconnects leaves the wheel at once (the wheel never keeps a closed connection alive).
 
 Transitions are per user, not per device: the first device in makes the user online; when the
 last device disconnects the user stays online for ``presence.grace`` seconds, so a reconnect
@@ -63,7 +64,9 @@ class Presence:
         self.timeout = cfg.timeout
         self.grace = cfg.grace
         self.tick = cfg.sweep_interval
-        self._wheel: dict[int, list[Conn]] = {}
+        #: slot number -> the devices filed in it. Each device also points at its slot's set
+        #: (``Conn.wheel_slot``), so one that disconnects leaves at once, in O(1).
+        self._wheel: dict[int, set[Conn]] = {}
         self._swept = int(trio.current_time() // self.tick)
         #: users whose last device left: (trio time their offline is due, last heard in ms)
         self._leaving: dict[str, tuple[float, int]] = {}
@@ -80,6 +83,7 @@ class Presence:
 
     def disconnected(self, conn: Conn, *, timed_out: bool) -> None:
         """A device left the session table (for any reason)."""
+        self._unschedule(conn)
         user = conn.user_id
         if self.sessions.count(user) or user in self._leaving:
             return
@@ -102,6 +106,7 @@ class Presence:
         due = int(now // self.tick)
         for slot in range(self._swept + 1, due + 1):
             for conn in self._wheel.pop(slot, ()):
+                conn.wheel_slot = None
                 if conn.closing or not conn.user_id:
                     continue
                 expires = conn.heard_at + self.timeout
@@ -118,7 +123,17 @@ class Presence:
 
     def _schedule(self, conn: Conn, expires: float) -> None:
         slot = max(int(expires // self.tick) + 1, self._swept + 1)
-        self._wheel.setdefault(slot, []).append(conn)
+        conns = self._wheel.get(slot)
+        if conns is None:
+            conns = self._wheel[slot] = set()
+        conns.add(conn)
+        conn.wheel_slot = conns
+
+    @staticmethod
+    def _unschedule(conn: Conn) -> None:
+        if conn.wheel_slot is not None:
+            conn.wheel_slot.discard(conn)
+            conn.wheel_slot = None
 
     # -- state
     def _ms(self, heard_at: float) -> int:

@@ -103,11 +103,16 @@ class Conn:
         "timed_out",
         "inflight",
         "acks_waiter",
+        "wheel_slot",
+        "peer",
     )
 
-    def __init__(self, app: App, sock: socket.socket, binary: bool, trailing: bytes) -> None:
+    def __init__(
+        self, app: App, sock: socket.socket, binary: bool, trailing: bytes, peer: str = ""
+    ) -> None:
         self.app = app
         self.sock = sock
+        self.peer = peer  # the client's address (the HTTP connection's string), for logs
         self.ws = Connection(ConnectionType.SERVER, trailing_data=trailing)
         # wsproto queues events in a deque only for receive_data(None), which chatd never
         # calls (end of stream ends the read loop instead). An empty deque costs ~760 bytes
@@ -135,9 +140,17 @@ class Conn:
         self.timed_out = False
         self.inflight = 0  # sends handed to the committer and not yet acked
         self.acks_waiter: trio.Event | None = None
+        #: the presence wheel slot this device waits in (chatd/presence.py), for O(1) removal
+        self.wheel_slot: set[Conn] | None = None
 
     # -- lifecycle
     async def run(self) -> None:
+        """The connection's task: read until closed, leave the session table, shut down.
+
+        This is the connection's last-resort handler: an unexpected exception (a bug) anywhere
+        in it, or in its flusher, is logged once with the peer address and closes this
+        connection with 1011. It never reaches the shared nursery, so nothing else stops.
+        """
         limits = self.app.config.limits
         try:
             with trio.CancelScope() as self.scope:
@@ -148,16 +161,46 @@ class Conn:
             elif self.scope.cancelled_caught and not self.closing:
                 self.send_frame(BadRequest("no hello within the deadline").frame())
                 self.close(1008, "hello timeout")
+        except Exception:
+            self._crashed()
         finally:
-            if self.user_id:
-                self.app.sessions.remove(self)
-                self.app.presence.disconnected(self, timed_out=self.timed_out)
+            try:
+                if self.user_id:
+                    self.app.sessions.remove(self)
+                    self.app.presence.disconnected(self, timed_out=self.timed_out)
+            except Exception:
+                self._crashed()
             try:
                 await self._shutdown()
+            except Exception:
+                self._crashed()
             finally:
+                self._release()
                 self.app.ws.conns.discard(self)
                 self.app.connections.release(self.sock)
                 self.app.check_idle()
+
+    def _crashed(self) -> None:
+        """Last resort, in an ``except`` block: log the bug (once per connection) with the peer
+        address and close this connection with 1011."""
+        if self.close_code != 1011:
+            log.exception(
+                "WebSocket connection from %s (%s) failed; closing it with 1011",
+                self.peer or "unknown peer",
+                self.user_id or "not authenticated",
+            )
+        self.closing = True
+        self.close_code, self.close_reason = 1011, "internal error"
+        if self.scope is not None:
+            self.scope.cancel()
+
+    def _release(self) -> None:
+        """Drop what an ended connection no longer needs (buffers, wsproto state), so whatever
+        may still refer to this object (a pending commit's ack) holds only a few slots."""
+        self.out, self.out_bytes, self.partial = None, 0, None
+        self.drained = self.acks_waiter = None
+        self.scope = None
+        del self.ws  # nothing reads it once the socket is closed
 
     def close(self, code: int, reason: str = "") -> None:
         """Ask the connection to close with ``code``; safe from any task, any number of times."""
@@ -294,9 +337,6 @@ class Conn:
                 self.close(exc.close_code or 4001, exc.code)
         except StorageUnavailable as exc:
             self.send_frame(Unavailable(str(exc)).frame())
-        except Exception:  # a bug: end this connection, not the server
-            log.exception("frame from %s failed", self.user_id or "unauthenticated client")
-            self.close(1011, "internal error")
 
     def _dispatch(self, frame: frames.ClientFrame) -> None:
         if isinstance(frame, frames.Send):
@@ -438,6 +478,8 @@ class Conn:
         except (OSError, trio.ClosedResourceError):
             self.dead = True
             self.close(1006)
+        except Exception:  # a bug: this task runs in the shared nursery, which must not see it
+            self._crashed()
         finally:
             self.flushing = False
             if self.drained is not None:
@@ -477,9 +519,9 @@ class WsServer:
         self.app = app
         self.conns: set[Conn] = set()
 
-    def start(self, sock: socket.socket, binary: bool, trailing: bytes) -> None:
+    def start(self, sock: socket.socket, binary: bool, trailing: bytes, peer: str = "") -> None:
         """Run an upgraded socket as a WebSocket connection in a task of its own."""
-        conn = Conn(self.app, sock, binary, trailing)
+        conn = Conn(self.app, sock, binary, trailing, peer)
         self.conns.add(conn)
         self.app.nursery.start_soon(conn.run)
 

@@ -3,7 +3,9 @@ last-resort handling of bugs, and cleanup of closed connections."""
 
 from __future__ import annotations
 
+import gc
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,11 +13,12 @@ import pytest
 import trio
 import trio.testing
 
+from chatd.client import HttpClient
 from chatd.server import Server
-from chatd.ws import MAX_FRAGMENTS
+from chatd.ws import MAX_FRAGMENTS, Conn
 from tests import wsraw
 from tests.conftest import make_user
-from tests.test_ws_errors import hello, still_open
+from tests.test_ws_errors import hello, still_open, wait_for
 from tests.wsraw import RawWs, client_frame
 
 MIB = 1 << 20
@@ -164,3 +167,121 @@ async def test_bad_frame_pipelined_with_the_upgrade_request_is_answered(
     frames = await ws.recv_until_closed()
     assert [f["code"] for f in frames] == ["unauthorized"]
     assert ws.close_code == 4001
+
+
+# -- item 4: a bug ends one connection, never the server
+
+
+async def server_still_serves(server: Server, ws: RawWs) -> None:
+    """/healthz answers and an untouched connection still sends and gets its ack."""
+    async with HttpClient(server.url) as http:
+        assert (await http.request("GET", "/healthz")).status == 200
+    await ws.send({"type": "send", "ref": "after", "to": "alice", "body": "still here"})
+    ack = await ws.recv()
+    assert ack is not None and ack["type"] == "ack" and ack["ref"] == "after", ack
+
+
+def failures(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "chatd.ws" and r.levelno >= logging.ERROR]
+
+
+async def test_a_bug_while_syncing_closes_that_connection_1011(
+    server: Server, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in the replay path (outside any frame handler) is logged once with the peer
+    address and closes that connection with 1011; other connections keep working."""
+    alice, bob = await make_user(server, "alice"), await make_user(server, "bob")
+    other = await hello(server, bob)
+
+    def broken(conn: Conn) -> None:
+        raise RuntimeError("bug in presence")
+
+    monkeypatch.setattr(server.app.presence, "snapshot", broken)
+    ws = await raw(server)
+    await ws.send({"type": "hello", "token": alice.token, "since": 0})
+    frames = await ws.recv_until_closed()
+    assert [f["type"] for f in frames] == ["welcome", "synced"]
+    assert ws.close_code == 1011
+    [record] = failures(caplog)
+    assert "127.0.0.1" in record.getMessage() and record.exc_info is not None
+    await wait_for(lambda: server.app.sessions.count("alice") == 0)
+    await server_still_serves(server, other)
+
+
+async def test_a_bug_while_leaving_still_cleans_up(
+    server: Server, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in the bookkeeping after a close: logged, the socket still closed and counted."""
+    alice, bob = await make_user(server, "alice"), await make_user(server, "bob")
+    other = await hello(server, bob)
+
+    def broken(conn: Conn, *, timed_out: bool) -> None:
+        raise RuntimeError("bug in presence")
+
+    monkeypatch.setattr(server.app.presence, "disconnected", broken)
+    ws = await hello(server, alice)
+    await ws.aclose()
+    await wait_for(lambda: len(server.app.ws.conns) == 1)
+    assert server.app.open_connections == 1
+    [record] = failures(caplog)
+    assert "127.0.0.1" in record.getMessage()
+    monkeypatch.undo()
+    await server_still_serves(server, other)
+
+
+async def test_a_bug_in_the_flusher_closes_only_that_connection(
+    server: Server, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The flusher runs in the shared nursery: a bug there must end its connection only."""
+    alice, bob = await make_user(server, "alice"), await make_user(server, "bob")
+    await make_user(server, "carol")
+    slow = await hello(server, bob)  # never reads: its kernel buffer fills, a flusher starts
+    drain = Conn._drain
+
+    async def broken(self: Conn) -> None:
+        if self.user_id == "bob":
+            raise RuntimeError("bug in the flusher")
+        await drain(self)
+
+    monkeypatch.setattr(Conn, "_drain", broken)
+    async with alice.session() as a:
+        for i in range(400):
+            if server.app.sessions.count("bob") == 0:
+                break
+            await a.send(to="bob", body=f"{i}:" + "y" * 60_000)
+        assert server.app.sessions.count("bob") == 0
+        await slow.recv_until_closed()
+        assert slow.close_code in (1006, 1011)
+        [record] = failures(caplog)
+        assert "127.0.0.1" in record.getMessage() and "bob" in record.getMessage()
+        await a.send(to="carol", body="after")
+    carol = await hello(server, await make_user(server, "dave"))
+    await server_still_serves(server, carol)
+
+
+# -- item 5: closed connections are let go at once
+
+
+async def test_closed_connections_leave_the_wheel_and_are_freed(server: Server) -> None:
+    alice = await make_user(server, "alice")
+    presence = server.app.presence
+
+    def in_wheel() -> int:
+        return sum(len(slot) for slot in presence._wheel.values())
+
+    keep = await hello(server, alice)
+    sockets = [await hello(server, alice) for _ in range(8)]
+    held = next(c for c in server.app.ws.conns if c.user_id and c.scope is not None)
+    assert in_wheel() == 9
+    for ws in sockets:
+        await ws.aclose()
+    await wait_for(lambda: len(server.app.ws.conns) == 1)
+    assert in_wheel() == 1  # only the open one: the closed left at once, not after 30 s
+    gc.collect()
+    conns = [o for o in gc.get_objects() if isinstance(o, Conn) and o.app is server.app]
+    assert len(conns) == 2  # the open one, and `held` which this test still refers to
+    if held not in server.app.ws.conns:
+        # A finished connection keeps no buffers or protocol state, whoever holds it.
+        assert held.out is None and held.partial is None and held.drained is None
+        assert not hasattr(held, "ws")
+    await still_open(keep)
