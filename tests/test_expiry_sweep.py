@@ -137,7 +137,6 @@ async def test_purge_runs_in_bounded_chunks_resuming_from_a_key(tmp_path: Path) 
         store.close()
 
 
-
 async def test_logout_signs_the_socket_out_like_expiry(
     data_dir: Path, clock: trio.testing.MockClock
 ) -> None:
