@@ -10,6 +10,7 @@ order, with no per-channel lock.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("chatd.messages")
 HISTORY_DEFAULT, HISTORY_MAX = 50, 100
+ENVELOPE = 1024  # bytes kept free in a history reply for its own fields around the messages
 
 
 def message_view(m: Message) -> dict[str, Any]:
@@ -61,6 +63,24 @@ def inbox_frame(entry: InboxEntry) -> dict[str, Any]:
     return msg_frame(entry.seq, entry.message)
 
 
+def fit_bytes(views: list[dict[str, Any]], budget: int, *, newest: bool) -> list[dict[str, Any]]:
+    """The longest run of ``views`` whose encoding takes at most ``budget`` bytes, kept from
+    the newest end (``newest``) or the oldest; never empty if ``views`` is not.
+
+    Sizes are those of compact UTF-8 JSON, which is never smaller than msgpack for a message,
+    so the bound holds for both subprotocols.
+    """
+    kept: list[dict[str, Any]] = []
+    total = 0
+    for view in reversed(views) if newest else views:
+        size = len(json.dumps(view, separators=(",", ":"), ensure_ascii=False).encode()) + 1
+        if kept and total + size > budget:
+            break
+        kept.append(view)
+        total += size
+    return kept[::-1] if newest else kept
+
+
 def history_limits(args: dict[str, Any]) -> tuple[int | None, int | None, int]:
     """(before, after, limit) from request arguments; limit defaults to 50, capped at 100."""
     limit = args.get("limit")
@@ -79,6 +99,9 @@ class Messenger:
         limits = app.config.limits
         self.max_body = limits.max_body_chars
         self.history_limiter = RateLimiter(limits.history_rate, limits.history_burst)
+        #: Bytes one reply to a device may take (a history page, a stretch of a replay): half
+        #: the outbound cap, so a device that keeps up always has room for it.
+        self.reply_bytes = limits.outbound_queue_bytes // 2
 
     def send(self, conn: Conn, frame: Send) -> None:
         """Validate and queue one send; the ack and deliveries follow from the commit hook."""
@@ -177,15 +200,24 @@ class Messenger:
         return {"type": "history", "ref": frame.ref, "channel": frame.channel, **page}
 
     def history_page(self, user_id: str, channel: str, args: dict[str, Any]) -> dict[str, Any]:
-        """``{"messages": [...]}``: one page of ``channel`` for ``user_id``, ascending.
+        """``{"messages": [...], "more": bool}``: one page of ``channel`` for ``user_id``.
 
         The WebSocket ``history`` frame and ``GET /v1/channels/{id}/messages`` both come here,
-        so they share one rate limit per user (``limits.history_rate``/``history_burst``).
+        so they share one rate limit per user (``limits.history_rate``/``history_burst``) and
+        one byte budget: the messages take at most :attr:`reply_bytes` less the envelope (one
+        message always goes out, so paging makes progress). ``more`` says messages lie beyond
+        the page in its direction: older ones (page on with ``before`` = the first msg_id), or
+        newer ones for an ``after`` page.
         """
         wait = self.history_limiter.take(user_id)
         if wait:
             raise RateLimited("history requests too fast", retry_after=wait)
         channels.check_member(self.store, channel, user_id)
         before, after, limit = history_limits(args)
-        page = self.store.channel_page(channel, before=before, after=after, limit=limit)
-        return {"messages": [message_view(m) for m in page]}
+        budget = self.reply_bytes - ENVELOPE
+        page = self.store.history(
+            channel, before=before, after=after, limit=limit, max_bytes=budget
+        )
+        views = [message_view(m) for m in page.messages]
+        kept = fit_bytes(views, budget, newest=after is None)
+        return {"messages": kept, "more": page.more or len(kept) < len(views)}

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("chatd.ws")
 REPLAY_CHUNK = 100
-REPLAY_HIGH_WATER = 256 * 1024
+REPLAY_HIGH_WATER = 256 * 1024  # a replay waits for the socket before queueing more than this
 CLOSE_FLUSH_TIMEOUT = 2.0
 MAX_INFLIGHT = 256  # un-acked sends per connection before it stops reading
 MAX_FRAGMENTS = 1024  # frames one message may come in (close 1009 beyond)
@@ -389,19 +389,27 @@ class Conn:
         ``last_seq`` drops any live frame whose commit was already read here.
         """
         store, user = self.app.store, self.user_id
+        budget = self.app.messenger.reply_bytes
+        high_water = min(REPLAY_HIGH_WATER, budget)
         cursor = self.replay_from or 0
         self.replay_from = None
         while True:
-            page = store.inbox_page(user, cursor, REPLAY_CHUNK)
+            # At most REPLAY_CHUNK entries and, past the first, ``budget`` bytes of stored
+            # messages per read, so a backlog of large messages never sits in memory.
+            page = store.inbox_page(user, cursor, REPLAY_CHUNK, budget)
             if not page.entries:
                 break
             for entry in page.entries:
-                self._write(frames.encode(inbox_frame(entry), self.binary))
+                data = frames.encode(inbox_frame(entry), self.binary)
+                if self.out_bytes and self.out_bytes + len(data) > high_water:
+                    # Let the socket take what is queued before this frame could push the
+                    # buffer past the high-water mark: the replay alone never overflows it.
+                    await self._wait_drained()
+                    if self.closing:
+                        return
+                self._write(data)
             cursor = page.entries[-1].seq
-            if self.out_bytes > REPLAY_HIGH_WATER:
-                await self._wait_drained()
-            else:
-                await trio.lowlevel.checkpoint()
+            await trio.lowlevel.checkpoint()
             if self.closing:
                 return
         self.last_seq = page.head

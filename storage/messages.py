@@ -38,6 +38,15 @@ class InboxPage:
 
 
 @dataclass(frozen=True, slots=True)
+class ChannelPage:
+    """A page of a channel, ascending, and whether more messages lie beyond it in the
+    direction of paging (older for a page read backwards, newer for one read forwards)."""
+
+    messages: list[Message]
+    more: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Appended:
     """What one send stored: the sender's ack and each member's new inbox seq."""
 
@@ -49,10 +58,18 @@ class Appended:
 
 def get_message(txn: Txn, channel: str, msg_id: int) -> Message | None:
     raw = txn.get("messages", int_key(channel, msg_id))
-    if raw is None:
-        return None
+    return None if raw is None else _message(channel, msg_id, raw)
+
+
+def _message(channel: str, msg_id: int, raw: bytes) -> Message:
     rec = unpack(raw)
     return Message(channel, msg_id, rec["from"], rec["body"], rec["ts"])
+
+
+def _fits(total: int, size: int, max_bytes: int | None, rows: int) -> bool:
+    """The byte budget of a page: its first row always fits, later ones while the stored
+    records add up to at most ``max_bytes`` (None: no budget)."""
+    return max_bytes is None or rows == 0 or total + size <= max_bytes
 
 
 def last_message(txn: Txn, channel: str) -> Message | None:
@@ -105,10 +122,14 @@ def append_message(
     return Appended(ack, Message(channel, msg_id, sender, body, ts), inbox, duplicate=False)
 
 
-def read_inbox(txn: Txn, user_id: str, after: int, limit: int) -> list[InboxEntry]:
-    """Inbox entries with seq > ``after``, ascending, at most ``limit``."""
+def read_inbox(
+    txn: Txn, user_id: str, after: int, limit: int, max_bytes: int | None = None
+) -> list[InboxEntry]:
+    """Inbox entries with seq > ``after``, ascending, at most ``limit``; past the first, at
+    most ``max_bytes`` of stored message records."""
     start, end = int_key(user_id, after + 1), prefix(user_id)
     out: list[InboxEntry] = []
+    total = 0
     cursor = txn.cursor("inboxes")
     if not cursor.set_range(start):
         return out
@@ -116,49 +137,71 @@ def read_inbox(txn: Txn, user_id: str, after: int, limit: int) -> list[InboxEntr
         if not key.startswith(end) or len(out) >= limit:
             break
         channel, msg_id = unpack(value)
-        msg = get_message(txn, channel, msg_id)
-        if msg is not None:
-            out.append(InboxEntry(int_suffix(key), msg))
+        raw = txn.get("messages", int_key(channel, msg_id))
+        if raw is None:
+            continue
+        if not _fits(total, len(raw), max_bytes, len(out)):
+            break
+        total += len(raw)
+        out.append(InboxEntry(int_suffix(key), _message(channel, msg_id, raw)))
     return out
 
 
-def read_inbox_page(txn: Txn, user_id: str, after: int, limit: int) -> InboxPage:
+def read_inbox_page(
+    txn: Txn, user_id: str, after: int, limit: int, max_bytes: int | None = None
+) -> InboxPage:
     """:func:`read_inbox` and the inbox head from the same transaction: an empty page's head
     is then exactly what a reader that got this page has seen (see docs/protocol.md "Sync")."""
-    return InboxPage(read_inbox(txn, user_id, after, limit), txn.last_id("inboxes", user_id))
+    entries = read_inbox(txn, user_id, after, limit, max_bytes)
+    return InboxPage(entries, txn.last_id("inboxes", user_id))
 
 
 def read_channel(
     txn: Txn, channel: str, *, before: int | None, after: int | None, limit: int
 ) -> list[Message]:
+    """The messages of :func:`read_channel_page`, with no byte budget."""
+    return read_channel_page(txn, channel, before=before, after=after, limit=limit).messages
+
+
+def read_channel_page(
+    txn: Txn,
+    channel: str,
+    *,
+    before: int | None,
+    after: int | None,
+    limit: int,
+    max_bytes: int | None = None,
+) -> ChannelPage:
     """A page of a channel, ascending by msg_id.
 
-    With ``after``: the first ``limit`` messages above it. Otherwise the last ``limit`` messages
-    below ``before`` (or the newest page).
+    With ``after``: the first ``limit`` messages above it (and below ``before``, if given).
+    Otherwise the last ``limit`` messages below ``before`` (or the newest page). Past its first
+    message the page holds at most ``max_bytes`` of stored records, so a budget cuts it on the
+    side away from the cursor. ``more``: the walk stopped with a message of the channel (in
+    range) still ahead of it, seen with one more cursor step.
     """
     pre = prefix(channel)
     cursor = txn.cursor("messages")
-    rows: list[tuple[bytes, bytes]] = []
+    forward = after is not None
+    stop = before if forward else None  # a forward walk also ends at ``before``
     if after is not None:
-        if cursor.set_range(int_key(channel, after + 1)):
-            for key, value in cursor:
-                if not key.startswith(pre) or len(rows) >= limit:
-                    break
-                if before is not None and int_suffix(key) >= before:
-                    break
-                rows.append((key, value))
+        ok = cursor.set_range(int_key(channel, after + 1))
     else:
         seek = after_prefix(channel) if before is None else int_key(channel, before)
         ok = cursor.prev() if cursor.set_range(seek) else cursor.last()
-        while ok and len(rows) < limit:
-            key = cursor.key()
-            if not key.startswith(pre):
-                break
-            rows.append((key, cursor.value()))
-            ok = cursor.prev()
+    rows: list[tuple[bytes, bytes]] = []
+    total, more = 0, False
+    while ok:
+        key = cursor.key()
+        if not key.startswith(pre) or (stop is not None and int_suffix(key) >= stop):
+            break
+        value = cursor.value()
+        if len(rows) >= limit or not _fits(total, len(value), max_bytes, len(rows)):
+            more = True
+            break
+        rows.append((key, value))
+        total += len(value)
+        ok = cursor.next() if forward else cursor.prev()
+    if not forward:
         rows.reverse()
-    out = []
-    for key, value in rows:
-        rec = unpack(value)
-        out.append(Message(channel, int_suffix(key), rec["from"], rec["body"], rec["ts"]))
-    return out
+    return ChannelPage([_message(channel, int_suffix(k), v) for k, v in rows], more)

@@ -13,7 +13,7 @@ from storage import accounts, groups, messages, retention
 from storage.committer import OP_BYTES, Committer
 from storage.env import Env, Txn
 from storage.groups import ChannelState
-from storage.messages import Appended, InboxEntry, InboxPage, Message
+from storage.messages import Appended, ChannelPage, InboxEntry, InboxPage, Message
 
 
 class Store:
@@ -156,9 +156,14 @@ class Store:
     def inbox(self, user_id: str, after: int, limit: int) -> list[InboxEntry]:
         return self._read(messages.read_inbox, user_id, after, limit)  # type: ignore[no-any-return]
 
-    def inbox_page(self, user_id: str, after: int, limit: int) -> InboxPage:
-        """Entries with seq > ``after`` (at most ``limit``) and the head, in one snapshot."""
-        return self._read(messages.read_inbox_page, user_id, after, limit)  # type: ignore[no-any-return]
+    def inbox_page(
+        self, user_id: str, after: int, limit: int, max_bytes: int | None = None
+    ) -> InboxPage:
+        """Entries with seq > ``after`` and the head, in one snapshot; at most ``limit``
+        entries and, past the first, ``max_bytes`` of stored messages."""
+        return self._read(  # type: ignore[no-any-return]
+            messages.read_inbox_page, user_id, after, limit, max_bytes
+        )
 
     def channel_last_id(self, channel: str) -> int:
         with self.env.read() as txn:
@@ -169,6 +174,25 @@ class Store:
     ) -> list[Message]:
         return self._read(  # type: ignore[no-any-return]
             messages.read_channel, channel, before=before, after=after, limit=limit
+        )
+
+    def history(
+        self,
+        channel: str,
+        *,
+        before: int | None = None,
+        after: int | None = None,
+        limit: int = 50,
+        max_bytes: int | None = None,
+    ) -> ChannelPage:
+        """:meth:`channel_page` within a byte budget, saying whether more lie beyond it."""
+        return self._read(  # type: ignore[no-any-return]
+            messages.read_channel_page,
+            channel,
+            before=before,
+            after=after,
+            limit=limit,
+            max_bytes=max_bytes,
         )
 
     # -- groups, memberships and read marks

@@ -10,10 +10,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 import trio
 
-from chatd.client import HttpClient
+from chatd.client import ChatClient, HttpClient
 from chatd.server import Server
 from chatd.ws import MAX_INFLIGHT
 from storage import Store
@@ -328,3 +329,141 @@ async def test_history_is_rate_limited_per_user_over_ws_and_http(data_dir: Path)
             assert res.json()["retry_after"] > 0 and int(res.headers["retry-after"]) >= 1
         async with HttpClient(server.url, token=bob.token) as http:  # per user: bob is fine
             assert len((await http.call("GET", path))["messages"]) == 1
+
+
+# -- 4. outbound budgets in bytes: history pages and replays never overflow a device
+
+BIG = "\U0001f600" * 99_998  # with a 2-digit number: 100,000 characters, ~400 KB of UTF-8
+
+
+async def big_channel(server: Server, count: int = 11) -> tuple[ChatClient, ChatClient]:
+    """alice sent bob ``count`` messages of 100,000 four-byte characters (msgpack: as UTF-8)."""
+    alice, bob = await make_user(server, "alice"), await make_user(server, "bob")
+    alice.binary = True
+    async with alice.session(heartbeat=None) as a:
+        for i in range(count):
+            await a.send(to="bob", body=f"{i:02}{BIG}")
+    return alice, bob
+
+
+def encoded_size(frame: dict[str, Any], binary: bool) -> int:
+    if binary:
+        return len(msgpack.packb(frame))
+    return len(json.dumps(frame, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def numbers(messages: list[dict[str, Any]]) -> list[int]:
+    return [int(m["body"][:2]) for m in messages]
+
+
+async def test_a_history_page_of_huge_messages_fits_the_outbound_cap(server: Server) -> None:
+    _, bob = await big_channel(server)
+    cap = server.app.config.limits.outbound_queue_bytes
+    for binary in (False, True):
+        ws, head = await RawWs.connect(
+            server.port, protocol="chatd.v1.msgpack" if binary else "chatd.v1.json"
+        )
+        assert ws is not None, head
+        await ws.send({"type": "hello", "token": bob.token})
+        assert (await ws.recv() or {}).get("type") == "welcome"
+        got: list[int] = []
+        before = None
+        for _ in range(12):
+            frame = {"type": "history", "ref": "h", "channel": "dm:alice:bob", "limit": 11}
+            if before is not None:
+                frame["before"] = before
+            await ws.send(frame)
+            (reply,) = await frames_until(ws, "history")
+            page = reply["messages"]
+            assert page and all(m["body"][2:] == BIG for m in page)
+            assert encoded_size(reply, binary) <= cap // 2
+            got = numbers(page) + got
+            if not reply["more"]:
+                break
+            before = page[0]["msg_id"]
+        assert got == list(range(11))  # every message once, in order, over several pages
+        await round_trip(ws)  # still open
+
+
+async def test_http_history_pages_huge_messages_by_bytes(server: Server) -> None:
+    _, bob = await big_channel(server)
+    cap = server.app.config.limits.outbound_queue_bytes
+    got: list[int] = []
+    path = "/v1/channels/dm:alice:bob/messages?limit=11"
+    async with HttpClient(server.url, token=bob.token) as http:
+        page = await http.call("GET", path)
+        while True:
+            assert page["messages"] and encoded_size(page, False) <= cap // 2
+            got = numbers(page["messages"]) + got
+            if not page["more"]:
+                break
+            page = await http.call("GET", f"{path}&before={page['messages'][0]['msg_id']}")
+        assert got == list(range(11))
+        # Forward paging with ``after`` is cut the same way; ``more`` then means newer ones.
+        forward = await http.call("GET", f"{path}&after=0")
+        assert numbers(forward["messages"]) == [0] and forward["more"] is True
+        last = await http.call("GET", f"{path}&after=10")
+        assert numbers(last["messages"]) == [10] and last["more"] is False
+
+
+async def test_sync_over_huge_messages_is_whole_and_never_overflows(server: Server) -> None:
+    _, bob = await big_channel(server, count=20)
+    for binary in (False, True):
+        ws, head = await RawWs.connect(
+            server.port, protocol="chatd.v1.msgpack" if binary else "chatd.v1.json"
+        )
+        assert ws is not None, head
+        await ws.send({"type": "hello", "token": bob.token, "since": 0})
+        got = await frames_until(ws, "synced")
+        msgs = [f for f in got if f["type"] == "msg"]
+        assert [m["inbox"] for m in msgs] == list(range(1, 21))
+        assert numbers(msgs) == list(range(20)) and got[-1]["head"] == 20
+        await round_trip(ws)
+
+
+async def test_client_history_on_huge_messages_returns_and_pages_to_the_start(
+    server: Server,
+) -> None:
+    _, bob = await big_channel(server)
+    async with bob.session(heartbeat=None) as b:
+        with trio.fail_after(20):
+            page = await b.history("dm:alice:bob", limit=11)
+            assert numbers(page) == [10]
+            pages = [p async for p in b.history_pages("dm:alice:bob", limit=11)]
+        assert b.connects == 1  # never closed for an oversize reply
+    assert [numbers(p) for p in pages] == [[i] for i in range(10, -1, -1)]
+
+
+async def test_storage_pages_are_cut_by_bytes_and_say_whether_more_lie_beyond(
+    tmp_path: Path,
+) -> None:
+    store = Store(str(tmp_path / "db"), sync=False)
+    ch = "dm:alice:bob"
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        for i in range(1, 11):
+            await store.append_message(
+                sender="alice", ref=f"r{i}", channel=ch, members=["alice", "bob"],
+                body=str(i % 10) * 1000, ts=1,
+            )  # fmt: skip
+        record = 1030  # about one stored message: three fit in 3,500 bytes, four do not
+
+        def page(**kw: Any) -> tuple[list[int], bool]:
+            got = store.history(ch, **{"limit": 100, **kw})
+            return [m.msg_id for m in got.messages], got.more
+
+        assert page(max_bytes=3 * record) == ([8, 9, 10], True)
+        assert page(before=8, max_bytes=3 * record) == ([5, 6, 7], True)
+        assert page(before=2, max_bytes=3 * record) == ([1], False)
+        assert page(after=0, max_bytes=3 * record) == ([1, 2, 3], True)
+        assert page(after=8, max_bytes=3 * record) == ([9, 10], False)
+        assert page(after=0, before=3) == ([1, 2], False)
+        assert page(after=0, before=4, limit=2) == ([1, 2], True)
+        assert page() == (list(range(1, 11)), False)
+        assert page(limit=9) == (list(range(2, 11)), True)
+        assert page(max_bytes=1) == ([10], True)  # one message always goes out
+        assert page(before=1) == ([], False) and page(after=10) == ([], False)
+        assert [e.seq for e in store.inbox_page("bob", 0, 100, 3 * record).entries] == [1, 2, 3]
+        assert [e.seq for e in store.inbox_page("bob", 4, 100, 1).entries] == [5]
+        assert len(store.inbox_page("bob", 0, 100).entries) == 10
+        store.close()

@@ -184,13 +184,39 @@ class Session:
     async def history(
         self, channel: str, *, before: int | None = None, limit: int | None = None
     ) -> list[dict[str, Any]]:
+        """One page of ``channel``, ascending: the newest, or the one just before ``before``.
+
+        A page may hold fewer than ``limit`` messages even when more exist (the server also
+        caps a page in bytes); :meth:`history_pages` walks a channel back to its start.
+        """
+        return (await self._history(channel, before, limit))["messages"]  # type: ignore[no-any-return]
+
+    async def history_pages(
+        self, channel: str, *, before: int | None = None, limit: int | None = None
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """Pages of ``channel`` from the newest (or from ``before``) back to its first message.
+
+        Each request asks for what precedes the previous page's first msg_id, and the walk ends
+        when the server says nothing more lies before (``more`` false), on an empty page, or if
+        a page would not move back (so it never loops on the same request).
+        """
+        while True:
+            reply = await self._history(channel, before, limit)
+            page: list[dict[str, Any]] = reply["messages"]
+            if not page or (before is not None and page[0]["msg_id"] >= before):
+                return
+            yield page
+            if not reply.get("more"):
+                return
+            before = page[0]["msg_id"]
+
+    async def _history(self, channel: str, before: int | None, limit: int | None) -> dict[str, Any]:
         frame: dict[str, Any] = {"type": "history", "ref": secrets.token_hex(8), "channel": channel}
         if before is not None:
             frame["before"] = before
         if limit is not None:
             frame["limit"] = limit
-        reply = await self._request(frame)
-        return reply["messages"]  # type: ignore[no-any-return]
+        return await self._request(frame)
 
     async def ping(self) -> None:
         self._pong = trio.Event()
