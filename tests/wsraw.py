@@ -15,19 +15,31 @@ from wsproto.connection import Connection, ConnectionType
 from wsproto.events import CloseConnection, Message, Ping, Pong
 
 
-def client_frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
-    """A masked client frame."""
-    mask = os.urandom(4)
+def client_frame(
+    opcode: int,
+    payload: bytes,
+    *,
+    fin: bool = True,
+    rsv: int = 0,
+    masked: bool = True,
+    long_length: int = 0,
+) -> bytes:
+    """A client frame exactly as asked: masked unless told otherwise, RSV bits ``rsv`` (0-7),
+    and ``long_length`` 2 or 8 to force that length encoding even where it is not minimal."""
     n = len(payload)
-    b0 = (0x80 if fin else 0) | opcode
-    if n < 126:
-        header = struct.pack("!BB", b0, 0x80 | n)
-    elif n < 1 << 16:
-        header = struct.pack("!BBH", b0, 0x80 | 126, n)
+    b0 = (0x80 if fin else 0) | (rsv & 7) << 4 | opcode
+    mask_bit = 0x80 if masked else 0
+    if long_length == 8 or (not long_length and n >= 1 << 16):
+        header = struct.pack("!BBQ", b0, mask_bit | 127, n)
+    elif long_length == 2 or (not long_length and n >= 126):
+        header = struct.pack("!BBH", b0, mask_bit | 126, n)
     else:
-        header = struct.pack("!BBQ", b0, 0x80 | 127, n)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return header + mask + masked
+        header = struct.pack("!BB", b0, mask_bit | n)
+    if not masked:
+        return header + payload
+    mask = os.urandom(4)
+    key = int.from_bytes((mask * (n // 4 + 1))[:n], "big")  # XOR as one big int: fast
+    return header + mask + (int.from_bytes(payload, "big") ^ key).to_bytes(n, "big")
 
 
 OPEN: list[trio.SocketStream] = []  # every stream opened, for tests to close at teardown
@@ -54,10 +66,15 @@ class RawWs:
         protocol: str | None = None,
         origin: str | None = None,
         extra: bytes = b"",
+        track: bool = True,
     ) -> tuple[RawWs | None, bytes]:
-        """Handshake; returns (RawWs, response head) or (None, response) if refused."""
+        """Handshake; returns (RawWs, response head) or (None, response) if refused.
+
+        ``track=False``: the caller closes the stream itself (it is not in ``OPEN``).
+        """
         stream = await trio.open_tcp_stream("127.0.0.1", port)
-        OPEN.append(stream)
+        if track:
+            OPEN.append(stream)
         key = base64.b64encode(os.urandom(16)).decode()
         lines = [
             "GET /v1/ws HTTP/1.1",
@@ -102,6 +119,26 @@ class RawWs:
     async def recv(self) -> dict[str, Any] | None:
         """The next data frame, decoded; None once the server closed (see close_code)."""
         while True:
+            frame = await self._next(None)
+            if not isinstance(frame, bytes):
+                return frame
+
+    async def sync(self, payload: bytes = b"sync") -> list[dict[str, Any]]:
+        """Send a WebSocket ping; return the data frames that came before its pong (or the
+        close): the server had handled everything sent before the ping by then."""
+        try:
+            await self.send_raw(client_frame(0x9, payload))
+        except trio.BrokenResourceError:
+            pass  # the server closed first: its close frame is still there to be read
+        frames = []
+        while (frame := await self._next(payload)) is not None and frame != payload:
+            assert isinstance(frame, dict)
+            frames.append(frame)
+        return frames
+
+    async def _next(self, pong: bytes | None) -> dict[str, Any] | bytes | None:
+        """The next data frame, or the payload of a pong equal to ``pong``, or None (closed)."""
+        while True:
             for event in self.ws.events():
                 if isinstance(event, Message):
                     self._buf.append(event.data)
@@ -113,6 +150,8 @@ class RawWs:
                         return json.loads(data)  # type: ignore[no-any-return]
                 elif isinstance(event, CloseConnection):
                     self.close_code = event.code
+                elif isinstance(event, Pong) and pong is not None and event.payload == pong:
+                    return pong
                 elif isinstance(event, (Ping, Pong)):
                     continue
             if self.close_code is not None:
