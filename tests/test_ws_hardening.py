@@ -7,6 +7,7 @@ import gc
 import json
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,17 +18,23 @@ from chatd.client import HttpClient
 from chatd.server import Server
 from chatd.ws import MAX_FRAGMENTS, Conn
 from tests import wsraw
-from tests.conftest import make_user
+from tests.conftest import make_config, make_user, running
 from tests.test_ws_errors import hello, still_open, wait_for
 from tests.wsraw import RawWs, client_frame
 
 MIB = 1 << 20
 
 
-@pytest.fixture(autouse=True)
-async def close_raw_sockets() -> AsyncIterator[None]:
-    yield
-    await wsraw.close_all()
+@pytest.fixture
+async def server(data_dir: Path) -> AsyncIterator[Server]:
+    """The shared fixture, closing this test's raw sockets before the drain (which would
+    otherwise wait up to 2 s for each one to answer its close frame). An autouse async
+    fixture would not do: pytest-trio runs only the fixtures a test asks for."""
+    async with running(make_config(data_dir)) as srv:
+        try:
+            yield srv
+        finally:
+            await wsraw.close_all()
 
 
 @pytest.fixture
