@@ -41,7 +41,6 @@ ACCEPT_SKIP = {
 ACCEPT_BACK_OFF = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 BACK_OFF_SECONDS = 0.1
 PER_IP_RETRY_AFTER = 5.0  # seconds, for a connection over limits.max_connections_per_ip
-GC_FREEZE_EVERY = 1000  # accepted connections between gc.freeze() calls
 
 
 class Server:
@@ -69,8 +68,11 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 def _tune_gc() -> None:
-    """Fewer, cheaper collections: long-lived connection objects are frozen out of the
-    collector's view and the young generation is allowed to grow before a pass."""
+    """Fewer, cheaper collections: what start-up built (config, app, caches) is frozen out of
+    the collector's view and the young generation may grow before a pass. Called once, before
+    the first accept: freezing later would also freeze request-scoped objects alive at that
+    moment, and a cycle among them would never be collected (docs/operations.md has the
+    measurement that dropped the periodic freeze)."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
@@ -125,7 +127,6 @@ async def serve(
 async def _accept_loop(
     app: App, listener: socket.socket, conns: trio.Nursery, scope: trio.CancelScope
 ) -> None:
-    accepted = 0
     with scope:
         while True:
             await trio.lowlevel.wait_readable(listener)
@@ -156,9 +157,6 @@ async def _accept_loop(
                         "too many connections from your address", retry_after=PER_IP_RETRY_AFTER
                     )
                 conns.start_soon(HttpConnection(app, sock, client, refusal).serve)
-                accepted += 1
-                if accepted % GC_FREEZE_EVERY == 0:
-                    gc.freeze()
 
 
 def _tune_socket(app: App, sock: socket.socket, client: str) -> bool:

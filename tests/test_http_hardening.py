@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import os
 import socket
 import subprocess
@@ -671,3 +672,25 @@ async def test_authenticated_calls_are_rate_limited_per_user(
             await trio.sleep(2.0)
             assert (await http.request("GET", "/v1/me")).status == 200
             assert (await http.request("GET", "/v1/me")).status == 429
+
+
+# -- gc.freeze only at a quiet point
+
+
+async def test_no_gc_freeze_while_requests_are_in_progress(server: Server) -> None:
+    """Objects alive when gc.freeze() runs are never collected as cycles again: it must not
+    run while a request is half read (its h11 state, buffers) or a handler is running."""
+    frozen = gc.get_freeze_count()
+    async with await trio.open_tcp_stream("127.0.0.1", server.port) as pending:
+        await pending.send_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")  # header block unfinished
+        for _ in range(1100):
+            sock = socket.create_connection(("127.0.0.1", server.port))
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            sock.close()
+            await trio.lowlevel.checkpoint()
+        await wait_for(lambda: server.app.open_connections == 1)
+        assert gc.get_freeze_count() <= frozen  # frozen objects may be freed, none added
+        await pending.send_all(b"\r\n")
+        raw = b""
+        while b'"ok"}' not in raw:
+            raw += await pending.receive_some(65536)
