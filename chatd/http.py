@@ -5,6 +5,7 @@ writes JSON responses. A ``GET /v1/ws`` upgrade leaves h11 behind: the socket an
 past the request go to ``chatd/ws.py``.
 
 Limits: request header block over 16 KiB -> 431; body over ``limits.max_request_body`` -> 413;
+a response the client leaves unread for ``server.keepalive_timeout`` closes the connection;
 each request (header block and body; every request, not only a connection's first) must
 arrive within ``server.header_timeout`` of its first byte; an idle keep-alive connection waits
 ``server.keepalive_timeout`` for that first byte, then is closed.
@@ -44,6 +45,10 @@ INTERNAL_HEAD = (
     b"content-length: %d\r\nconnection: close\r\n\r\n" % len(_internal_body)
 )
 INTERNAL_RESPONSE = INTERNAL_HEAD + _internal_body
+
+
+class ClientStalled(OSError):
+    """The client stopped reading mid-response: dealt with like a client that went away."""
 
 
 class HeadersTooLarge(ChatError):
@@ -350,7 +355,10 @@ class HttpConnection:
             out += self.h11.send(h11.Data(data=body))
         out += self.h11.send(h11.EndOfMessage())
         self.responded = True
-        await net.send_all(self.sock, out)
+        with trio.move_on_after(self.app.config.server.keepalive_timeout):
+            await net.send_all(self.sock, out)
+            return
+        raise ClientStalled(f"{self.client} did not read a response within keepalive_timeout")
 
 
 async def run_handler(handler: Handler, request: Request, params: dict[str, str]) -> Response:

@@ -694,3 +694,30 @@ async def test_no_gc_freeze_while_requests_are_in_progress(server: Server) -> No
         raw = b""
         while b'"ok"}' not in raw:
             raw += await pending.receive_some(65536)
+
+
+async def test_a_client_that_stops_reading_is_closed_after_keepalive_timeout(
+    data_dir: Path, clock: trio.testing.MockClock
+) -> None:
+    """Pipelined requests whose answers the client never reads: once the socket buffers are
+    full the server waits for the client to take the answer, at most keepalive_timeout."""
+    limits = {"history_rate": 1e6, "history_burst": 10**6, "max_body_chars": 200_000}
+    async with running(make_config(data_dir, limits=limits)) as server:
+        alice, dm = await user_with_message(server)
+        async with alice.session() as s:
+            for _ in range(6):
+                await s.send(to="bob", body="x" * 100_000)
+        request = build(
+            "GET",
+            f"/v1/channels/{dm}/messages",
+            [("authorization", f"Bearer {alice.token}")],
+            close=False,
+        )
+        async with await trio.open_tcp_stream("127.0.0.1", server.port) as stalled:
+            stalled.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            await stalled.send_all(request * 60)  # ~30 MB of answers, none read
+            await trio.sleep(30)
+            assert server.app.open_connections == 1  # still waiting for the client
+            await trio.sleep(40)
+            assert server.app.open_connections == 0
+        await healthy(server)
