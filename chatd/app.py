@@ -6,18 +6,18 @@ from urllib.parse import urlsplit
 
 import trio
 
-from chatd.accounts import Accounts
-from chatd.api import Api
 from chatd.config import Config
-from chatd.groups import Groups
-from chatd.limits import ConnectionLimits
-from chatd.messages import Messenger
-from chatd.presence import Presence
-from chatd.ratelimit import RateLimiter
-from chatd.receipts import Receipts
-from chatd.sessions import Sessions
-from chatd.sweeper import Sweeper
-from chatd.ws import WsServer
+from chatd.domain.accounts import Accounts
+from chatd.domain.groups import Groups
+from chatd.domain.messaging import Messenger
+from chatd.domain.presence import Presence
+from chatd.domain.ratelimit import RateLimiter
+from chatd.domain.receipts import Receipts
+from chatd.domain.sessions import Sessions
+from chatd.domain.sweeper import Sweeper
+from chatd.net.admission import ConnectionLimits
+from chatd.net.api import Api
+from chatd.net.websocket import WsServer
 from storage import Store
 
 

@@ -11,9 +11,9 @@ import pytest
 import trio
 import trio.testing
 
-from chatd.accounts import now_ms, token_digest
 from chatd.client import HttpClient
-from chatd.server import Server
+from chatd.domain.accounts import now_ms, token_digest
+from chatd.net.listener import Server
 from storage import Store
 from storage.codec import pack, str_key
 from tests import wsraw

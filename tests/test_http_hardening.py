@@ -21,11 +21,11 @@ import pytest
 import trio
 import trio.testing
 
-import chatd.server
+import chatd.net.listener
 from chatd.client import ChatClient, HttpClient
-from chatd.http import HttpConnection, Request, Response
-from chatd.presence import set_keepalive
-from chatd.server import Server
+from chatd.domain.presence import set_keepalive
+from chatd.net.http import HttpConnection, Request, Response
+from chatd.net.listener import Server
 from tests import httpraw
 from tests.conftest import make_config, make_user, running
 from tests.httpraw import RawResponse, build
@@ -469,7 +469,7 @@ async def test_accept_errors_are_retried_or_backed_off(
         sock.setblocking(False)
         return sock
 
-    monkeypatch.setattr(chatd.server, "_listen", flaky_listen)
+    monkeypatch.setattr(chatd.net.listener, "_listen", flaky_listen)
     async with running(make_config(data_dir)) as server:
         for code in ACCEPT_ERRNOS:
             FlakyListener.errnos = [code]
@@ -493,7 +493,7 @@ async def test_setsockopt_failure_closes_that_socket_only(
             raise OSError(code, os.strerror(code))
         set_keepalive(sock, cfg)
 
-    monkeypatch.setattr(chatd.server, "set_keepalive", flaky_keepalive)
+    monkeypatch.setattr(chatd.net.listener, "set_keepalive", flaky_keepalive)
     for _ in range(2):  # the socket is closed at once, without a response
         assert await httpraw.exchange(server.port, build("GET", "/healthz")) == b""
     await healthy(server)

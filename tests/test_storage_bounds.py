@@ -10,8 +10,8 @@ from urllib.parse import quote
 import trio
 import trio.testing
 
-from chatd.accounts import now_ms
 from chatd.client import ChatClient, HttpClient
+from chatd.domain.accounts import now_ms
 from storage import Store
 from storage.codec import int_key
 from storage.messages import Appended

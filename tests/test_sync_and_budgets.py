@@ -15,8 +15,8 @@ import pytest
 import trio
 
 from chatd.client import ChatClient, HttpClient
-from chatd.server import Server
-from chatd.ws import MAX_INFLIGHT
+from chatd.net.listener import Server
+from chatd.net.websocket import MAX_INFLIGHT
 from storage import Store
 from storage.env import Op, Txn
 from tests import wsraw

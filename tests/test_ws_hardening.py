@@ -15,8 +15,8 @@ import trio
 import trio.testing
 
 from chatd.client import HttpClient
-from chatd.server import Server
-from chatd.ws import MAX_FRAGMENTS, Conn
+from chatd.net.listener import Server
+from chatd.net.websocket import MAX_FRAGMENTS, Conn
 from tests import wsraw
 from tests.conftest import make_config, make_user, running
 from tests.test_ws_errors import hello, still_open, wait_for

@@ -17,7 +17,7 @@ from typing import Any
 import msgpack
 from hypothesis import strategies as st
 
-from chatd.errors import BadRequest
+from chatd.domain.errors import BadRequest
 from chatd.protocol import frames as protocol
 from tests.wsraw import client_frame as frame
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgpack
 
-from chatd.errors import BadRequest
+from chatd.domain.errors import BadRequest
 
 SUBPROTOCOL_JSON = "chatd.v1.json"
 SUBPROTOCOL_MSGPACK = "chatd.v1.msgpack"

@@ -32,15 +32,15 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from chatd.accounts import now_ms
-from chatd.errors import BadRequest, Forbidden
+from chatd.domain.accounts import now_ms
+from chatd.domain.errors import BadRequest, Forbidden
 from chatd.protocol.frames import Encoded
 from storage.accounts import FRIENDS
 
 if TYPE_CHECKING:
     from chatd.app import App
     from chatd.config import PresenceConfig
-    from chatd.ws import Conn
+    from chatd.net.websocket import Conn
 
 log = logging.getLogger("chatd.presence")
 MAX_QUERY = 100

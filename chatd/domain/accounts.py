@@ -19,9 +19,9 @@ from typing import Any
 import argon2
 import trio
 
-from chatd import validate
 from chatd.config import SecurityConfig
-from chatd.errors import BadRequest, Conflict, NotFound, Unauthorized, Unavailable
+from chatd.domain import validate
+from chatd.domain.errors import BadRequest, Conflict, NotFound, Unauthorized, Unavailable
 from storage import Store
 from storage import errors as storage_errors
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from chatd import validate
-from chatd.accounts import token_digest
-from chatd.errors import BadRequest, RateLimited, Unavailable
-from chatd.http import Request, Response, Router, run_handler
+from chatd.domain import validate
+from chatd.domain.accounts import token_digest
+from chatd.domain.errors import BadRequest, RateLimited, Unavailable
+from chatd.net.http import Request, Response, Router, run_handler
 
 if TYPE_CHECKING:
     from chatd.app import App

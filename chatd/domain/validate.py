@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from chatd.errors import BadRequest
+from chatd.domain.errors import BadRequest
 
 USER_ID = re.compile(r"[a-z0-9_]{3,32}")
 INT64_MAX = 2**63 - 1  # ids, cursors and counts fit a signed 64-bit integer

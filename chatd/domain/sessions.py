@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from chatd.errors import Unauthorized
+from chatd.domain.errors import Unauthorized
 
 if TYPE_CHECKING:
-    from chatd.ws import Conn
+    from chatd.net.websocket import Conn
 
 
 def sign_out(conn: Conn, reason: str) -> None:

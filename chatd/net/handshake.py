@@ -10,12 +10,12 @@ import hashlib
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from chatd.errors import BadRequest, Forbidden
+from chatd.domain.errors import BadRequest, Forbidden
 from chatd.protocol import frames
 
 if TYPE_CHECKING:
     from chatd.app import App
-    from chatd.http import Request
+    from chatd.net.http import Request
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from chatd import channels, validate
-from chatd.accounts import now_ms
-from chatd.errors import BadRequest, Forbidden, NotFound
+from chatd.domain import channels, validate
+from chatd.domain.accounts import now_ms
+from chatd.domain.errors import BadRequest, Forbidden, NotFound
 from storage import errors as storage_errors
 from storage.groups import ChannelState
 

@@ -26,18 +26,18 @@ from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import CloseConnection, Message, Ping
 from wsproto.utilities import RemoteProtocolError
 
-from chatd import net
-from chatd.accounts import now_ms, token_digest
-from chatd.errors import (
+from chatd.domain.accounts import now_ms, token_digest
+from chatd.domain.errors import (
     BadRequest,
     ChatError,
     TooManySessions,
     Unauthorized,
     Unavailable,
 )
-from chatd.messages import inbox_frame
+from chatd.domain.messaging import inbox_frame
+from chatd.domain.sessions import sign_out
+from chatd.net import sockets as net
 from chatd.protocol import frames
-from chatd.sessions import sign_out
 from storage import StorageUnavailable
 
 if TYPE_CHECKING:

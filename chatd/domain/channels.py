@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 import secrets
 
-from chatd import validate
-from chatd.errors import BadRequest, Forbidden, NotFound
+from chatd.domain import validate
+from chatd.domain.errors import BadRequest, Forbidden, NotFound
 from storage import Store
 
 GROUP_ID = re.compile(r"g:[A-Za-z0-9_-]{8,26}")

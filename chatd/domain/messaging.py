@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from chatd import channels, validate
-from chatd.accounts import now_ms
-from chatd.errors import (
+from chatd.domain import channels, validate
+from chatd.domain.accounts import now_ms
+from chatd.domain.errors import (
     BadRequest,
     ChatError,
     Forbidden,
@@ -27,15 +27,15 @@ from chatd.errors import (
     TooLarge,
     Unavailable,
 )
+from chatd.domain.ratelimit import RateLimiter
 from chatd.protocol.frames import Encoded, History, Send
-from chatd.ratelimit import RateLimiter
 from storage import StorageUnavailable
 from storage import errors as storage_errors
 from storage.messages import Appended, InboxEntry, Message
 
 if TYPE_CHECKING:
     from chatd.app import App
-    from chatd.ws import Conn
+    from chatd.net.websocket import Conn
 
 log = logging.getLogger("chatd.messages")
 HISTORY_DEFAULT, HISTORY_MAX = 50, 100

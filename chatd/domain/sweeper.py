@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from chatd.accounts import now_ms
+from chatd.domain.accounts import now_ms
 from storage import StorageUnavailable
 
 if TYPE_CHECKING:

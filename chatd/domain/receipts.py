@@ -19,15 +19,15 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from chatd import channels
-from chatd.errors import BadRequest, RateLimited, Unavailable
+from chatd.domain import channels
+from chatd.domain.errors import BadRequest, RateLimited, Unavailable
+from chatd.domain.ratelimit import RateLimiter
 from chatd.protocol.frames import Encoded, Read, Typing
-from chatd.ratelimit import RateLimiter
 from storage import StorageUnavailable
 
 if TYPE_CHECKING:
     from chatd.app import App
-    from chatd.ws import Conn
+    from chatd.net.websocket import Conn
 
 
 class _Waiting:

@@ -16,13 +16,13 @@ import sys
 
 import trio
 
-from chatd import net
 from chatd.app import App
 from chatd.config import Config
-from chatd.errors import Unavailable
-from chatd.http import HttpConnection
-from chatd.limits import Admission
-from chatd.presence import set_keepalive
+from chatd.domain.errors import Unavailable
+from chatd.domain.presence import set_keepalive
+from chatd.net import sockets as net
+from chatd.net.admission import Admission
+from chatd.net.http import HttpConnection
 from storage import Store
 
 log = logging.getLogger("chatd")

@@ -26,9 +26,17 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import h11
 import trio
 
-from chatd import net, validate
-from chatd.errors import BadRequest, ChatError, MethodNotAllowed, NotFound, TooLarge, Unavailable
-from chatd.handshake import handshake
+from chatd.domain import validate
+from chatd.domain.errors import (
+    BadRequest,
+    ChatError,
+    MethodNotAllowed,
+    NotFound,
+    TooLarge,
+    Unavailable,
+)
+from chatd.net import sockets as net
+from chatd.net.handshake import handshake
 from storage import StorageUnavailable
 
 if TYPE_CHECKING:

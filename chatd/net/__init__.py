@@ -1,0 +1,1 @@
+"""The transport: listener, HTTP on h11, the WebSocket shell on wsproto, sockets."""
