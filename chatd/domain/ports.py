@@ -1,0 +1,98 @@
+"""Ports: the small interfaces the domain talks to; other layers implement them.
+
+- :class:`DeviceSink` is one online device as the domain sees it. The WebSocket shell
+  (``chatd/net/websocket.py``) implements it; domain tests use a fake.
+- :class:`Router` says where a user or a channel lives. In one process everything is local
+  (:class:`LocalRouter`); the cluster implements it from the discovery file.
+- :class:`OutboxHook` lets a feature add records to the commit transaction of a message. The
+  records stay in storage's ``outbox`` until that feature's consumer deletes them, so a crash
+  between the commit and the feature's work loses nothing: push notifications and cross-shard
+  delivery plug in here without touching the send path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+class Shared:
+    """A server frame handed to many devices. The domain builds it once; each transport keeps
+    its encodings (one per wire format) in ``cache``, so fan-out encodes at most once each."""
+
+    __slots__ = ("frame", "cache")
+
+    def __init__(self, frame: dict[str, Any]) -> None:
+        self.frame = frame
+        self.cache: dict[Any, bytes] = {}
+
+
+class DeviceSink(Protocol):
+    """One authenticated, online device."""
+
+    @property
+    def user_id(self) -> str: ...
+
+    def deliver(self, seq: int, frame: Shared) -> None:
+        """Inbox entry ``seq`` as a ``msg`` frame; the sink drops what the device already has
+        (or will get from its replay)."""
+
+    def notify(self, frame: Shared) -> None:
+        """A signal for this device: presence, a read mark, typing."""
+
+    def reply(self, frame: dict[str, Any]) -> None:
+        """An answer to this device's own request (history, pong, presence snapshot)."""
+
+    def finished(self, frame: dict[str, Any]) -> None:
+        """The answer (an ``ack`` or an ``error``) to one of this device's requests in flight:
+        one call per request the transport handed to the domain as in flight."""
+
+    def end(self, code: str, message: str) -> None:
+        """Close the device with domain error ``code`` (``unauthorized``, ...): the transport
+        sends the error and picks the close code."""
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    """Where something lives: this process, or another shard (by name, and its public URL)."""
+
+    local: bool
+    shard: str = ""
+    url: str = ""
+
+
+class Router(Protocol):
+    def home(self, user_id: str) -> Place:
+        """The shard that holds a user's account, inbox and sessions."""
+        ...
+
+    def sequencer(self, channel: str) -> Place:
+        """The shard that assigns a channel's msg_ids and keeps its history."""
+        ...
+
+
+class LocalRouter:
+    """One process holds every user and channel."""
+
+    HERE = Place(local=True)
+
+    def home(self, user_id: str) -> Place:
+        return self.HERE
+
+    def sequencer(self, channel: str) -> Place:
+        return self.HERE
+
+
+class OutboxHook(Protocol):
+    """A feature that stores work to do about a message in the message's own transaction."""
+
+    @property
+    def topic(self) -> str: ...
+
+    def records(
+        self, channel: str, msg_id: int, sender: str, inbox: Mapping[str, int]
+    ) -> Sequence[bytes]:
+        """Records (opaque bytes) to append to this hook's topic with the message; runs inside
+        the commit, in the writer thread: no I/O, no awaiting, no shared mutable state."""
+        ...
