@@ -1,7 +1,13 @@
-"""The application object: config, storage and the domain services, wired together once."""
+"""The composition root: builds every object of a server process, once, in dependency order.
+
+Each object gets its collaborators as constructor arguments; nothing reaches another part
+through a shared object. :class:`App` only holds the result for the listener (which runs the
+tasks and drains) and for tests that look inside a running server.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import trio
@@ -10,6 +16,7 @@ from chatd.config import Config
 from chatd.domain.accounts import Accounts
 from chatd.domain.groups import Groups
 from chatd.domain.messaging import Messenger
+from chatd.domain.ports import LocalRouter, Router
 from chatd.domain.presence import Presence
 from chatd.domain.ratelimit import RateLimiter
 from chatd.domain.receipts import Receipts
@@ -17,63 +24,169 @@ from chatd.domain.sessions import Sessions
 from chatd.domain.sweeper import Sweeper
 from chatd.net.admission import ConnectionLimits
 from chatd.net.api import Api
+from chatd.net.handshake import Origins
+from chatd.net.heartbeat import Heartbeats
+from chatd.net.http import HttpServer
+from chatd.net.lifecycle import Lifecycle
+from chatd.net.metrics import Sample
 from chatd.net.websocket import WsServer
 from storage import Store
 
 
+@dataclass(eq=False)
 class App:
-    def __init__(self, config: Config, store: Store, nursery: trio.Nursery, port: int) -> None:
-        self.config = config
-        self.store = store
-        #: Where helper tasks that belong to no single request run (output flushers).
-        self.nursery = nursery
-        self.draining = False
-        #: TCP connections (HTTP or WebSocket), counted at accept, total and per address
-        self.connections = ConnectionLimits(
-            config.server.max_connections, config.limits.max_connections_per_ip
-        )
-        self.http_busy = 0  # HTTP requests being handled right now (drain waits for them)
-        self._idle = trio.Event()
-        server = config.server
-        self.public_url = server.public_url.rstrip("/") or f"http://{server.host}:{port}"
-        parts = urlsplit(self.public_url)
-        self.public_origin = f"{parts.scheme}://{parts.netloc}"
-        ws_scheme = "wss" if parts.scheme == "https" else "ws"
-        self.ws_url = f"{ws_scheme}://{parts.netloc}{parts.path}/v1/ws"
-        limits = config.limits
-        self.limiters = {
-            "send": RateLimiter(limits.send_rate, limits.send_burst),
-            "login": RateLimiter(limits.login_rate, limits.login_burst),
-            "signup": RateLimiter(limits.signup_rate, limits.signup_burst),
-            "api": RateLimiter(limits.api_rate, limits.api_burst),
-        }
-        self.sessions = Sessions()
-        self.accounts = Accounts(store, config.security)
-        self.messenger = Messenger(self)
-        self.receipts = Receipts(self)
-        self.groups = Groups(self)
-        self.presence = Presence(self)
-        self.sweeper = Sweeper(self)
-        self.ws = WsServer(self)
-        self.api = Api(self)
+    config: Config
+    store: Store
+    router: Router
+    lifecycle: Lifecycle
+    sessions: Sessions
+    accounts: Accounts
+    messenger: Messenger
+    receipts: Receipts
+    groups: Groups
+    presence: Presence
+    heartbeats: Heartbeats
+    sweeper: Sweeper
+    ws: WsServer
+    api: Api
+    http: HttpServer
+    ws_url: str
+
+    # Read-only views for the listener's log and for tests.
+    @property
+    def connections(self) -> ConnectionLimits:
+        return self.lifecycle.connections
 
     @property
     def open_connections(self) -> int:
         """TCP connections being served (HTTP or WebSocket), counted from accept."""
-        return self.connections.open
+        return self.lifecycle.connections.open
 
     @property
     def refused_connections(self) -> int:
         """Connections closed at accept: over ``server.max_connections`` or far over the
         per-address cap."""
-        return self.connections.dropped
+        return self.lifecycle.connections.dropped
 
-    def check_idle(self) -> None:
-        """Called as connections and requests end: wakes :meth:`wait_idle` while draining."""
-        if self.draining and not self.ws.conns and not self.http_busy:
-            self._idle.set()
+    @property
+    def draining(self) -> bool:
+        return self.lifecycle.draining
 
-    async def wait_idle(self) -> None:
-        """While draining: return once no WebSocket is open and no HTTP request is in progress."""
-        self.check_idle()
-        await self._idle.wait()
+    @property
+    def http_busy(self) -> int:
+        return self.lifecycle.http_busy
+
+
+def public_urls(config: Config, port: int) -> tuple[str, str]:
+    """(public origin, WebSocket URL) of this server, from ``server.public_url`` or the port."""
+    server = config.server
+    public_url = server.public_url.rstrip("/") or f"http://{server.host}:{port}"
+    parts = urlsplit(public_url)
+    ws_scheme = "wss" if parts.scheme == "https" else "ws"
+    return f"{parts.scheme}://{parts.netloc}", f"{ws_scheme}://{parts.netloc}{parts.path}/v1/ws"
+
+
+def collect(store: Store, lifecycle: Lifecycle, sessions: Sessions) -> list[Sample]:
+    """What ``GET /metrics`` reports (see docs/operations.md)."""
+    committer = store.committer
+    return [
+        Sample("chatd_commit_batches_total", "counter", "group-commit batches", committer.batches),
+        Sample("chatd_commit_ops_total", "counter", "writes committed", committer.ops),
+        Sample(
+            "chatd_commit_queue_bytes", "gauge", "bytes waiting to commit", committer.queued_bytes
+        ),
+        Sample(
+            "chatd_open_connections", "gauge", "TCP connections served", lifecycle.connections.open
+        ),
+        Sample(
+            "chatd_websockets", "gauge", "open WebSocket connections", len(lifecycle.websockets)
+        ),
+        Sample("chatd_online_users", "gauge", "users with a device online", sessions.users()),
+    ]
+
+
+def build(config: Config, store: Store, nursery: trio.Nursery, port: int) -> App:
+    """Every object of one server, wired. ``nursery`` runs helper tasks (output flushers)."""
+    limits = config.limits
+    public_origin, ws_url = public_urls(config, port)
+    router = LocalRouter()
+    lifecycle = Lifecycle(
+        ConnectionLimits(config.server.max_connections, limits.max_connections_per_ip)
+    )
+    sessions = Sessions()
+    accounts = Accounts(store, config.security)
+    messenger = Messenger(
+        store,
+        sessions,
+        router,
+        send_limiter=RateLimiter(limits.send_rate, limits.send_burst),
+        history_limiter=RateLimiter(limits.history_rate, limits.history_burst),
+        max_body=limits.max_body_chars,
+        reply_bytes=limits.outbound_queue_bytes // 2,
+    )
+    receipts = Receipts(
+        store,
+        sessions,
+        read_limiter=RateLimiter(limits.read_rate, limits.read_burst),
+        typing_limiter=RateLimiter(limits.typing_rate, limits.typing_burst),
+    )
+    groups = Groups(store, max_members=limits.max_group_members)
+    presence = Presence(
+        store, sessions, grace=config.presence.grace, draining=lambda: lifecycle.draining
+    )
+    heartbeats = Heartbeats(
+        config.presence.timeout, config.presence.sweep_interval, on_tick=presence.expire
+    )
+    sweeper = Sweeper(
+        store,
+        interval=config.storage.sweep_interval,
+        ref_retention_hours=config.storage.ref_retention_hours,
+    )
+    ws = WsServer(
+        config,
+        store=store,
+        accounts=accounts,
+        sessions=sessions,
+        messenger=messenger,
+        receipts=receipts,
+        presence=presence,
+        heartbeats=heartbeats,
+        router=router,
+        lifecycle=lifecycle,
+        nursery=nursery,
+    )
+    api = Api(
+        accounts=accounts,
+        sessions=sessions,
+        messenger=messenger,
+        groups=groups,
+        presence=presence,
+        lifecycle=lifecycle,
+        limiters={
+            "api": RateLimiter(limits.api_rate, limits.api_burst),
+            "login": RateLimiter(limits.login_rate, limits.login_burst),
+            "signup": RateLimiter(limits.signup_rate, limits.signup_burst),
+        },
+        ws_url=ws_url,
+        metrics=lambda: collect(store, lifecycle, sessions),
+    )
+    origins = Origins(public_origin, config.server.allowed_origins)
+    http = HttpServer(config, lifecycle, api, ws, origins)
+    return App(
+        config=config,
+        store=store,
+        router=router,
+        lifecycle=lifecycle,
+        sessions=sessions,
+        accounts=accounts,
+        messenger=messenger,
+        receipts=receipts,
+        groups=groups,
+        presence=presence,
+        heartbeats=heartbeats,
+        sweeper=sweeper,
+        ws=ws,
+        api=api,
+        http=http,
+        ws_url=ws_url,
+    )

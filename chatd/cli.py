@@ -11,7 +11,7 @@ import trio
 
 from chatd import __version__
 from chatd.config import Config, ConfigError, load
-from chatd.net.listener import serve
+from chatd.server import serve
 from storage import StorageUnavailable
 
 

@@ -13,7 +13,7 @@ import trio
 
 from chatd.client import ChatClient, HttpClient
 from chatd.config import Config, LimitsConfig, SecurityConfig, ServerConfig, StorageConfig
-from chatd.net.listener import Server, serve
+from chatd.server import Server, serve
 
 PASSWORD = "correct horse"
 

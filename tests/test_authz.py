@@ -8,7 +8,7 @@ import pytest
 import trio
 
 from chatd.client import ChatClient, ChatError, HttpClient, Session
-from chatd.net.listener import Server
+from chatd.server import Server
 from tests.conftest import make_user
 
 

@@ -13,7 +13,7 @@ import trio.testing
 
 from chatd.client import ChatError, HttpClient
 from chatd.client.http import ConnectionLost
-from chatd.net.listener import Server
+from chatd.server import Server
 from tests.conftest import make_config, make_user, running
 from tests.wsraw import RawWs, close_all
 

@@ -13,7 +13,7 @@ import trio.testing
 
 from chatd.client import HttpClient
 from chatd.domain.accounts import now_ms, token_digest
-from chatd.net.listener import Server
+from chatd.server import Server
 from storage import Store
 from storage.codec import pack, str_key
 from tests import wsraw

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from chatd.client import HttpClient
-from chatd.net.listener import Server
+from chatd.server import Server
 from tests import httpraw
 from tests.conftest import PASSWORD, make_config, make_user, running
 

@@ -16,7 +16,7 @@ import trio.testing
 
 from chatd.client import HttpClient
 from chatd.client.http import HttpResponse
-from chatd.net.listener import Server, serve
+from chatd.server import Server, serve
 from tests.conftest import PASSWORD, make_config, running
 
 MiB = 1 << 20

@@ -23,9 +23,9 @@ import trio.testing
 
 import chatd.net.listener
 from chatd.client import ChatClient, HttpClient
-from chatd.domain.presence import set_keepalive
+from chatd.net.heartbeat import set_keepalive
 from chatd.net.http import HttpConnection, Request, Response
-from chatd.net.listener import Server
+from chatd.server import Server
 from tests import httpraw
 from tests.conftest import make_config, make_user, running
 from tests.httpraw import RawResponse, build
@@ -469,7 +469,7 @@ async def test_accept_errors_are_retried_or_backed_off(
         sock.setblocking(False)
         return sock
 
-    monkeypatch.setattr(chatd.net.listener, "_listen", flaky_listen)
+    monkeypatch.setattr(chatd.net.listener, "open_listener", flaky_listen)
     async with running(make_config(data_dir)) as server:
         for code in ACCEPT_ERRNOS:
             FlakyListener.errnos = [code]

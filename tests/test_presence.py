@@ -11,7 +11,7 @@ import trio
 import trio.testing
 
 from chatd.client import ChatClient, HttpClient, Session
-from chatd.net.listener import Server
+from chatd.server import Server
 from tests.conftest import make_config, make_user, running
 
 

@@ -9,7 +9,7 @@ import trio
 from trio_websocket import ConnectionClosed
 
 from chatd.client import ChatClient, HttpClient, Session
-from chatd.net.listener import Server
+from chatd.server import Server
 from tests.conftest import make_config, make_user, running
 
 

@@ -1,5 +1,5 @@
 from chatd.client import HttpClient
-from chatd.net.listener import Server
+from chatd.server import Server
 from tests.conftest import make_user
 
 

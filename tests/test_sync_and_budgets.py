@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from chatd.client import ChatClient, HttpClient
-from chatd.net.listener import Server
+from chatd.server import Server
 from chatd.net.websocket import MAX_INFLIGHT
 from storage import Store
 from storage.env import Op, Txn

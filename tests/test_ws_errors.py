@@ -13,7 +13,7 @@ import trio
 import trio.testing
 
 from chatd.client import ChatClient, HttpClient
-from chatd.net.listener import Server
+from chatd.server import Server
 from tests import wsraw
 from tests.conftest import make_config, make_user, running
 from tests.wsraw import RawWs, client_frame

@@ -15,7 +15,7 @@ import trio
 import trio.testing
 
 from chatd.client import HttpClient
-from chatd.net.listener import Server
+from chatd.server import Server
 from chatd.net.websocket import MAX_FRAGMENTS, Conn
 from tests import wsraw
 from tests.conftest import make_config, make_user, running
@@ -271,10 +271,10 @@ async def test_a_bug_in_the_flusher_closes_only_that_connection(
 
 async def test_closed_connections_leave_the_wheel_and_are_freed(server: Server) -> None:
     alice = await make_user(server, "alice")
-    presence = server.app.presence
+    heartbeats = server.app.heartbeats
 
     def in_wheel() -> int:
-        return sum(len(slot) for slot in presence._wheel.values())
+        return heartbeats.watched()
 
     keep = await hello(server, alice)
     [kept] = server.app.ws.conns
@@ -289,7 +289,7 @@ async def test_closed_connections_leave_the_wheel_and_are_freed(server: Server) 
     closed = [
         o
         for o in gc.get_objects()
-        if isinstance(o, Conn) and o.app is server.app and o is not kept and o is not held
+        if isinstance(o, Conn) and o.srv is server.app.ws and o is not kept and o is not held
     ]
     assert closed == []  # the other 7 are gone: nothing refers to them any more
     # A finished connection keeps no buffers or protocol state, whoever still refers to it.

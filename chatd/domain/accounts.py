@@ -136,3 +136,7 @@ class Accounts:
 
     async def remove_friend(self, user_id: str, other: str) -> None:
         await self.store.remove_friend(user_id, other)
+
+    def friends(self, user_id: str) -> list[tuple[str, str]]:
+        """(other user, state) for each friendship of ``user_id``."""
+        return self.store.friends(user_id)

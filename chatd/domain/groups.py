@@ -2,39 +2,35 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import Any
 
-from chatd.domain import channels, validate
+from chatd.domain import channels, groups_tx, validate
 from chatd.domain.accounts import now_ms
 from chatd.domain.errors import BadRequest, Forbidden, NotFound
-from storage import errors as storage_errors
-from storage.groups import ChannelState
-
-if TYPE_CHECKING:
-    from chatd.app import App
+from storage import ChannelState, Group, Store
 
 NAME_MAX = 100
 CHANNELS_DEFAULT, CHANNELS_MAX = 100, 500  # GET /v1/channels page size
 CURSOR_CHANNEL_MAX = 200
 
 
-def group_view(channel: str, group: dict[str, Any]) -> dict[str, Any]:
+def group_view(channel: str, group: Group) -> dict[str, Any]:
     return {
         "channel_id": channel,
-        "name": group["name"],
-        "owner": group["owner"],
-        "members": list(group["members"]),
-        "created_at": group["created_at"],
+        "name": group.name,
+        "owner": group.owner,
+        "members": list(group.members),
+        "created_at": group.created_at,
     }
 
 
 class Groups:
-    def __init__(self, app: App) -> None:
-        self.app = app
-        self.store = app.store
-        self.cap = app.config.limits.max_group_members
+    def __init__(self, store: Store, *, max_members: int) -> None:
+        self.store = store
+        self.cap = max_members
 
-    def _group(self, channel: str) -> dict[str, Any]:
+    def _group(self, channel: str) -> Group:
         group = self.store.group(channel) if channels.GROUP_ID.fullmatch(channel) else None
         if group is None:
             raise NotFound(f"no group {channel!r}")
@@ -56,37 +52,42 @@ class Groups:
             if self.store.account(user) is None:
                 raise NotFound(f"no user {user!r}")
         channel = channels.new_group_id()
-        group = await self.store.create_group(
-            channel, name=name.strip(), owner=owner, members=members, created_at=now_ms()
+        op = partial(
+            groups_tx.create_group,
+            channel=channel,
+            name=name.strip(),
+            owner=owner,
+            members=members,
+            created_at=now_ms(),
         )
+        group = await self.store.write(op)
         return group_view(channel, group)
 
     def get(self, user_id: str, channel: str) -> dict[str, Any]:
         group = self._group(channel)
-        if user_id not in group["members"]:
+        if user_id not in group.members:
             raise Forbidden(f"you are not a member of {channel}")
         return group_view(channel, group)
 
     async def add(self, user_id: str, channel: str, member: str) -> dict[str, Any]:
         group = self._group(channel)
-        if group["owner"] != user_id:
+        if group.owner != user_id:
             raise Forbidden("only the group's owner adds members")
         member = validate.user_id(member)
         if self.store.account(member) is None:
             raise NotFound(f"no user {member!r}")
-        try:
-            group = await self.store.add_member(channel, member, cap=self.cap)
-        except storage_errors.GroupFull as exc:
-            raise BadRequest(str(exc)) from None
+        op = partial(groups_tx.add_member, channel=channel, user_id=member, cap=self.cap)
+        group = await self.store.write(op)
         return group_view(channel, group)
 
     async def remove(self, user_id: str, channel: str, member: str) -> None:
         group = self._group(channel)
-        if user_id != member and group["owner"] != user_id:
+        if user_id != member and group.owner != user_id:
             raise Forbidden("only the owner removes others; a member may remove itself")
-        if user_id not in group["members"]:
+        if user_id not in group.members:
             raise Forbidden(f"you are not a member of {channel}")
-        await self.store.remove_member(channel, validate.user_id(member))
+        op = partial(groups_tx.remove_member, channel=channel, user_id=validate.user_id(member))
+        await self.store.write(op)
 
     def channel_list(self, user_id: str, query: dict[str, list[str]]) -> dict[str, Any]:
         """A page of the user's channels, most recent activity first, with read marks and
@@ -108,7 +109,7 @@ class Groups:
     def _channel_row(self, user_id: str, state: ChannelState) -> dict[str, Any]:
         if channels.is_group(state.channel):
             group = self.store.group(state.channel)
-            kind, name = "group", group["name"] if group else ""
+            kind, name = "group", group.name if group else ""
         else:
             users = channels.dm_members(state.channel) or []
             other = next((u for u in users if u != user_id), user_id)

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
 
 import trio
 
@@ -21,23 +23,18 @@ from chatd.domain.accounts import now_ms
 from chatd.domain.errors import (
     BadRequest,
     ChatError,
-    Forbidden,
     NotFound,
     RateLimited,
     TooLarge,
     Unavailable,
 )
+from chatd.domain.messaging_tx import Appended, append_message
+from chatd.domain.ports import DeviceSink, OutboxHook, Router, Shared
 from chatd.domain.ratelimit import RateLimiter
-from chatd.protocol.frames import Encoded, History, Send
-from storage import StorageUnavailable
-from storage import errors as storage_errors
-from storage.messages import Appended, InboxEntry, Message
+from chatd.domain.sessions import Sessions
+from storage import InboxEntry, Message, StorageUnavailable, Store, message_bytes
 
-if TYPE_CHECKING:
-    from chatd.app import App
-    from chatd.net.websocket import Conn
-
-log = logging.getLogger("chatd.messages")
+log = logging.getLogger("chatd.messaging")
 HISTORY_DEFAULT, HISTORY_MAX = 50, 100
 ENVELOPE = 1024  # bytes kept free in a history reply for its own fields around the messages
 
@@ -92,112 +89,141 @@ def history_limits(args: dict[str, Any]) -> tuple[int | None, int | None, int]:
 
 
 class Messenger:
-    def __init__(self, app: App) -> None:
-        self.app = app
-        self.store = app.store
-        self.sessions = app.sessions
-        limits = app.config.limits
-        self.max_body = limits.max_body_chars
-        self.history_limiter = RateLimiter(limits.history_rate, limits.history_burst)
+    """The send path and history. Collaborators are given, never looked up."""
+
+    def __init__(
+        self,
+        store: Store,
+        sessions: Sessions,
+        router: Router,
+        *,
+        send_limiter: RateLimiter,
+        history_limiter: RateLimiter,
+        max_body: int,
+        reply_bytes: int,
+        outbox_hooks: Sequence[OutboxHook] = (),
+    ) -> None:
+        self.store = store
+        self.sessions = sessions
+        self.router = router
+        self.send_limiter = send_limiter
+        self.history_limiter = history_limiter
+        self.max_body = max_body
         #: Bytes one reply to a device may take (a history page, a stretch of a replay): half
         #: the outbound cap, so a device that keeps up always has room for it.
-        self.reply_bytes = limits.outbound_queue_bytes // 2
+        self.reply_bytes = reply_bytes
+        self.outbox_hooks = tuple(outbox_hooks)
 
-    def send(self, conn: Conn, frame: Send) -> None:
-        """Validate and queue one send; the ack and deliveries follow from the commit hook."""
-        user = conn.user_id
-        known = self.store.sent_ack(user, frame.ref)
+    def send(
+        self,
+        device: DeviceSink,
+        ref: str,
+        body: str,
+        *,
+        to: str | None = None,
+        channel: str | None = None,
+    ) -> None:
+        """Validate and queue one send. Raises a ChatError (with ``ref``) if refused at once;
+        otherwise ``device.finished(ack or error)`` is called exactly once, now (a resend of a
+        committed ref) or from the commit hook, and deliveries follow the ack."""
+        user = device.user_id
+        known = self.store.sent_ack(user, ref)
         if known is not None:
             # A resend of a committed ref: the original ack, whatever the frame says now (the
             # channel may since have become forbidden, or the limit reached).
-            conn.send_frame({"type": "ack", "ref": frame.ref, **known})
+            device.finished({"type": "ack", "ref": ref, **known})
             return
         try:
-            wait = self.app.limiters["send"].take(user)
+            wait = self.send_limiter.take(user)
             if wait:
                 raise RateLimited("sending too fast", retry_after=wait)
-            if len(frame.body) > self.max_body:
+            if len(body) > self.max_body:
                 raise TooLarge(f"body over {self.max_body} characters")
             members: list[str] | None
-            if frame.to is not None:
-                to = validate.user_id(frame.to, "to")
+            if to is not None:
+                to = validate.user_id(to, "to")
                 if to == user:
                     raise BadRequest("you cannot send to yourself")
                 if self.store.account(to) is None:
                     raise NotFound(f"no user {to!r}")
                 channel, members = channels.dm_channel(user, to), [user, to]
             else:
-                channel = frame.channel or ""
+                channel = channel or ""
                 channels.check_member(self.store, channel, user)
                 # A group's members are read again inside the commit (None), so an add or
                 # remove racing with this send is wholly before or after it.
                 members = None if channels.is_group(channel) else channels.dm_members(channel)
+            if not self.router.sequencer(channel).local:
+                raise Unavailable(f"{channel} is sequenced by another shard", retry_after=1.0)
 
             def committed(appended: Appended | None, error: BaseException | None) -> None:
-                self._committed(conn, frame.ref, appended, error)
+                self._committed(device, ref, appended, error)
 
             try:
-                self.store.submit_message(
+                op = partial(
+                    append_message,
                     sender=user,
-                    ref=frame.ref,
+                    ref=ref,
                     channel=channel,
                     members=members,
-                    body=frame.body,
+                    body=body,
                     ts=now_ms(),
-                    on_done=committed,
+                    hooks=self.outbox_hooks,
                 )
-                conn.inflight += 1
+                self.store.submit(op, committed, size=message_bytes(body))
             except trio.WouldBlock:
                 raise Unavailable("server busy, retry shortly", retry_after=0.05) from None
         except ChatError as exc:
-            exc.ref = frame.ref
+            exc.ref = ref
             raise
         except StorageUnavailable as exc:
-            raise Unavailable(str(exc), ref=frame.ref) from None
+            raise Unavailable(str(exc), ref=ref) from None
 
     def _committed(
-        self, conn: Conn, ref: str, appended: Appended | None, error: BaseException | None
+        self, device: DeviceSink, ref: str, appended: Appended | None, error: BaseException | None
     ) -> None:
-        conn.acked()
         if appended is None:
-            conn.send_frame(self._commit_error(conn, ref, error).frame())
+            device.finished(self._commit_error(device, ref, error))
             return
-        conn.send_frame({"type": "ack", "ref": ref, **appended.ack})
+        device.finished({"type": "ack", "ref": ref, **appended.ack})
         if not appended.duplicate:
-            self.fan_out(appended, exclude=conn)
+            self.fan_out(appended, exclude=device)
 
-    def _commit_error(self, conn: Conn, ref: str, error: BaseException | None) -> ChatError:
-        if isinstance(error, storage_errors.NotMember):
-            return Forbidden(str(error), ref=ref)
-        if isinstance(error, storage_errors.NotFound):
-            return NotFound(str(error), ref=ref)
+    def _commit_error(
+        self, device: DeviceSink, ref: str, error: BaseException | None
+    ) -> ChatError:
+        if isinstance(error, ChatError):
+            error.ref = ref
+            return error
         if isinstance(error, StorageUnavailable):
             return Unavailable(str(error), ref=ref)
-        log.error("send %r of %s failed", ref, conn.user_id, exc_info=error)
+        log.error("send %r of %s failed", ref, device.user_id, exc_info=error)
         return Unavailable("message not stored", ref=ref)
 
-    def fan_out(self, appended: Appended, exclude: Conn | None = None) -> None:
+    def fan_out(self, appended: Appended, exclude: DeviceSink | None = None) -> None:
         """Deliver a stored message to every online device of every member but ``exclude``."""
         for user, seq in appended.inbox.items():
             devices = self.sessions.devices(user)
             if not devices:
-                continue  # offline: the inbox holds it (push notifications hook in here)
-            encoded = Encoded(msg_frame(seq, appended.message))
+                continue  # offline: the inbox holds it (push hooks in through the outbox)
+            frame = Shared(msg_frame(seq, appended.message))
             for device in devices:
                 if device is not exclude:
-                    device.deliver(seq, encoded)
+                    device.deliver(seq, frame)
 
-    def history(self, user_id: str, frame: History) -> dict[str, Any]:
+    def history(
+        self, user_id: str, ref: str, channel: str, *, before: int | None, limit: int | None
+    ) -> dict[str, Any]:
         """The reply to a WebSocket ``history`` frame."""
-        args = {"before": frame.before, "limit": frame.limit}
+        args = {"before": before, "limit": limit}
         try:
-            page = self.history_page(user_id, frame.channel, args)
+            page = self.history_page(user_id, channel, args)
         except ChatError as exc:
-            exc.ref = frame.ref
+            exc.ref = ref
             raise
         except StorageUnavailable as exc:
-            raise Unavailable(str(exc), ref=frame.ref) from None
-        return {"type": "history", "ref": frame.ref, "channel": frame.channel, **page}
+            raise Unavailable(str(exc), ref=ref) from None
+        return {"type": "history", "ref": ref, "channel": channel, **page}
 
     def history_page(self, user_id: str, channel: str, args: dict[str, Any]) -> dict[str, Any]:
         """``{"messages": [...], "more": bool}``: one page of ``channel`` for ``user_id``.

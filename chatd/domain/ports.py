@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from chatd.domain.errors import ChatError
+
 
 class Shared:
     """A server frame handed to many devices. The domain builds it once; each transport keeps
@@ -25,7 +27,7 @@ class Shared:
 
     def __init__(self, frame: dict[str, Any]) -> None:
         self.frame = frame
-        self.cache: dict[Any, bytes] = {}
+        self.cache: dict[Any, bytes] | None = None  # made by the first transport to encode
 
 
 class DeviceSink(Protocol):
@@ -33,6 +35,16 @@ class DeviceSink(Protocol):
 
     @property
     def user_id(self) -> str: ...
+
+    @property
+    def token_digest(self) -> bytes:
+        """SHA-256 of the token the device authenticated with (logout signs it out)."""
+        ...
+
+    @property
+    def heard_at(self) -> float:
+        """When the device was last heard from (trio time): presence's ``last_active``."""
+        ...
 
     def deliver(self, seq: int, frame: Shared) -> None:
         """Inbox entry ``seq`` as a ``msg`` frame; the sink drops what the device already has
@@ -44,9 +56,11 @@ class DeviceSink(Protocol):
     def reply(self, frame: dict[str, Any]) -> None:
         """An answer to this device's own request (history, pong, presence snapshot)."""
 
-    def finished(self, frame: dict[str, Any]) -> None:
-        """The answer (an ``ack`` or an ``error``) to one of this device's requests in flight:
-        one call per request the transport handed to the domain as in flight."""
+    def finished(self, answer: dict[str, Any] | ChatError | None) -> None:
+        """One of this device's requests in flight (a ``send`` or a ``read``) is done, with its
+        answer: an ``ack`` frame, an error (the transport turns it into an ``error`` frame), or
+        None when it has none. Exactly one call for each request the domain accepted without
+        raising."""
 
     def end(self, code: str, message: str) -> None:
         """Close the device with domain error ``code`` (``unauthorized``, ...): the transport

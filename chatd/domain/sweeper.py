@@ -14,25 +14,21 @@ docs/protocol.md "Sending"). Stamps are wall-clock milliseconds, like every ``ts
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 import trio
 
 from chatd.domain.accounts import now_ms
-from storage import StorageUnavailable
-
-if TYPE_CHECKING:
-    from chatd.app import App
+from storage import StorageUnavailable, Store
 
 log = logging.getLogger("chatd.sweeper")
 CHUNK = 1000  # keys examined per write op
 
 
 class Sweeper:
-    def __init__(self, app: App) -> None:
-        self.store = app.store
-        self.interval = app.config.storage.sweep_interval
-        self.ref_retention_ms = int(app.config.storage.ref_retention_hours * 3_600_000)
+    def __init__(self, store: Store, *, interval: float, ref_retention_hours: float) -> None:
+        self.store = store
+        self.interval = interval
+        self.ref_retention_ms = int(ref_retention_hours * 3_600_000)
         self.passes = 0  # completed passes
         self.purged = {"tokens": 0, "refs": 0}  # records deleted since start
 

@@ -1,24 +1,48 @@
-"""HTTP API routes (see docs/api.md and ../shared/CONTRACT.md)."""
+"""HTTP API routes (see docs/api.md): request parsing in, domain calls, JSON out."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from chatd.domain import validate
-from chatd.domain.accounts import token_digest
+from chatd.domain.accounts import Accounts, token_digest
 from chatd.domain.errors import BadRequest, RateLimited, Unavailable
-from chatd.net.http import Request, Response, Router, run_handler
-
-if TYPE_CHECKING:
-    from chatd.app import App
+from chatd.domain.groups import Groups
+from chatd.domain.messaging import Messenger
+from chatd.domain.presence import Presence
+from chatd.domain.ratelimit import RateLimiter
+from chatd.domain.sessions import Sessions
+from chatd.net.http import Request, Response, Router, Text, run_handler
+from chatd.net.lifecycle import Lifecycle
+from chatd.net.metrics import CONTENT_TYPE, Collector, render
 
 
 class Api:
-    def __init__(self, app: App) -> None:
-        self.app = app
-        self.accounts = app.accounts
+    def __init__(
+        self,
+        *,
+        accounts: Accounts,
+        sessions: Sessions,
+        messenger: Messenger,
+        groups: Groups,
+        presence: Presence,
+        lifecycle: Lifecycle,
+        limiters: dict[str, RateLimiter],
+        ws_url: str,
+        metrics: Collector,
+    ) -> None:
+        self.accounts = accounts
+        self.sessions = sessions
+        self.messenger = messenger
+        self.groups = groups
+        self.presence = presence
+        self.lifecycle = lifecycle
+        self.limiters = limiters  # "api" per user; "login" and "signup" per client address
+        self.ws_url = ws_url
+        self.metrics = metrics
         r = self.router = Router()
         r.add("GET", "/healthz", self.healthz, auth=False)
+        r.add("GET", "/metrics", self.metrics_text, auth=False)
         r.add("POST", "/v1/signup", self.signup, auth=False)
         r.add("POST", "/v1/login", self.login, auth=False)
         r.add("POST", "/v1/logout", self.logout)
@@ -30,7 +54,7 @@ class Api:
         r.add("DELETE", "/v1/friends/{user_id}", self.remove_friend)
         r.add("GET", "/v1/channels/{channel_id}/messages", self.channel_messages)
         r.add("GET", "/v1/channels", self.channels)
-        r.add("GET", "/v1/presence", self.presence)
+        r.add("GET", "/v1/presence", self.presence_query)
         r.add("POST", "/v1/groups", self.create_group)
         r.add("GET", "/v1/groups/{channel_id}", self.group)
         r.add("PUT", "/v1/groups/{channel_id}/members/{user_id}", self.add_member)
@@ -48,12 +72,15 @@ class Api:
         return await run_handler(routed, request, {})
 
     def _limit(self, limiter_name: str, key: str) -> None:
-        wait = self.app.limiters[limiter_name].take(key)
+        wait = self.limiters[limiter_name].take(key)
         if wait:
             raise RateLimited("too many requests, slow down", retry_after=wait)
 
+    async def metrics_text(self, req: Request) -> Response:
+        return Response(200, Text(render(self.metrics()), CONTENT_TYPE))
+
     async def healthz(self, req: Request) -> Response:
-        if self.app.draining:
+        if self.lifecycle.draining:
             raise Unavailable("draining")
         return Response(200, {"status": "ok"})
 
@@ -76,12 +103,12 @@ class Api:
         if not isinstance(password, str) or len(password) > validate.PASSWORD_MAX:
             raise BadRequest("password must be a string of at most 1024 characters")
         token, expires_at = await self.accounts.login(user_id, password)
-        body = {"token": token, "user_id": user_id, "ws_url": self.app.ws_url}
+        body = {"token": token, "user_id": user_id, "ws_url": self.ws_url}
         return Response(200, {**body, "expires_at": expires_at})
 
     async def logout(self, req: Request) -> Response:
         await self.accounts.logout(req.token)
-        self.app.sessions.revoke(req.user_id, token_digest(req.token))
+        self.sessions.revoke(req.user_id, token_digest(req.token))
         return Response(204)
 
     async def me(self, req: Request) -> Response:
@@ -94,7 +121,7 @@ class Api:
         return Response(200, self.accounts.profile(validate.user_id(user_id)))
 
     async def friends(self, req: Request) -> Response:
-        rows = self.app.store.friends(req.user_id)
+        rows = self.accounts.friends(req.user_id)
         return Response(200, {"friends": [{"user_id": u, "state": s} for u, s in rows]})
 
     async def add_friend(self, req: Request, user_id: str) -> Response:
@@ -111,24 +138,24 @@ class Api:
             value = validate.query_int(req.query, name)
             if value is not None:
                 args[name] = value
-        return Response(200, self.app.messenger.history_page(req.user_id, channel_id, args))
+        return Response(200, self.messenger.history_page(req.user_id, channel_id, args))
 
     async def channels(self, req: Request) -> Response:
-        return Response(200, self.app.groups.channel_list(req.user_id, req.query))
+        return Response(200, self.groups.channel_list(req.user_id, req.query))
 
     async def create_group(self, req: Request) -> Response:
-        return Response(201, await self.app.groups.create(req.user_id, req.json()))
+        return Response(201, await self.groups.create(req.user_id, req.json()))
 
     async def group(self, req: Request, channel_id: str) -> Response:
-        return Response(200, self.app.groups.get(req.user_id, channel_id))
+        return Response(200, self.groups.get(req.user_id, channel_id))
 
     async def add_member(self, req: Request, channel_id: str, user_id: str) -> Response:
-        return Response(200, await self.app.groups.add(req.user_id, channel_id, user_id))
+        return Response(200, await self.groups.add(req.user_id, channel_id, user_id))
 
     async def remove_member(self, req: Request, channel_id: str, user_id: str) -> Response:
-        await self.app.groups.remove(req.user_id, channel_id, user_id)
+        await self.groups.remove(req.user_id, channel_id, user_id)
         return Response(204)
 
-    async def presence(self, req: Request) -> Response:
+    async def presence_query(self, req: Request) -> Response:
         targets = [validate.user_id(u) for u in req.query.get("user_id", [])]
-        return Response(200, {"presence": self.app.presence.query(req.user_id, targets)})
+        return Response(200, {"presence": self.presence.query(req.user_id, targets)})

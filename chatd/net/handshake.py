@@ -1,36 +1,43 @@
 """The WebSocket opening handshake: checks on the upgrade request and the 101 answer.
 
-Runs on the parsed h11 request (``chatd/http.py``); what follows the 101 is ``chatd/ws.py``.
+Runs on the parsed h11 request's headers (``chatd/net/http.py``); what follows the 101 is
+``chatd/net/websocket.py``.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from chatd.domain.errors import BadRequest, Forbidden
 from chatd.protocol import frames
 
-if TYPE_CHECKING:
-    from chatd.app import App
-    from chatd.net.http import Request
-
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
-def handshake(app: App, request: Request) -> tuple[list[tuple[bytes, bytes]], bool]:
+@dataclass(frozen=True)
+class Origins:
+    """Which browser origins may open a WebSocket: the server's own, and a configured list."""
+
+    public_origin: str
+    allowed: tuple[str, ...] = ()
+
+
+def handshake(
+    origins: Origins, request_headers: dict[str, str]
+) -> tuple[list[tuple[bytes, bytes]], bool]:
     """Check an upgrade request; return the 101 response headers and whether frames are binary.
 
     Raises Forbidden (403) for a disallowed Origin and BadRequest for a malformed handshake.
     """
-    origin = request.headers.get("origin")
-    if origin is not None and not origin_allowed(app, origin, request.headers.get("host", "")):
+    origin = request_headers.get("origin")
+    if origin is not None and not origin_allowed(origins, origin, request_headers.get("host", "")):
         raise Forbidden(f"origin {origin!r} is not allowed")
-    if request.headers.get("sec-websocket-version", "").strip() != "13":
+    if request_headers.get("sec-websocket-version", "").strip() != "13":
         raise BadRequest("unsupported WebSocket version (need 13)")
-    key = request.headers.get("sec-websocket-key", "").strip()
+    key = request_headers.get("sec-websocket-key", "").strip()
     try:
         if len(base64.b64decode(key, validate=True)) != 16:
             raise ValueError
@@ -42,7 +49,7 @@ def handshake(app: App, request: Request) -> tuple[list[tuple[bytes, bytes]], bo
         (b"connection", b"Upgrade"),
         (b"sec-websocket-accept", accept),
     ]
-    offered = [p.strip() for p in request.headers.get("sec-websocket-protocol", "").split(",")]
+    offered = [p.strip() for p in request_headers.get("sec-websocket-protocol", "").split(",")]
     binary = False
     for proto in offered:
         if proto in (frames.SUBPROTOCOL_JSON, frames.SUBPROTOCOL_MSGPACK):
@@ -52,9 +59,9 @@ def handshake(app: App, request: Request) -> tuple[list[tuple[bytes, bytes]], bo
     return headers, binary
 
 
-def origin_allowed(app: App, origin: str, host: str) -> bool:
+def origin_allowed(origins: Origins, origin: str, host: str) -> bool:
     """Same origin as the request's Host or the public URL, or listed in server.allowed_origins."""
-    if origin in app.config.server.allowed_origins:
+    if origin in origins.allowed:
         return True
     try:
         parts = urlsplit(origin)
@@ -62,4 +69,4 @@ def origin_allowed(app: App, origin: str, host: str) -> bool:
         return False
     if parts.scheme not in ("http", "https"):
         return False
-    return parts.netloc == host or origin == app.public_origin
+    return parts.netloc == host or origin == origins.public_origin

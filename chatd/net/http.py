@@ -20,12 +20,13 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import h11
 import trio
 
+from chatd.config import Config
 from chatd.domain import validate
 from chatd.domain.errors import (
     BadRequest,
@@ -36,11 +37,11 @@ from chatd.domain.errors import (
     Unavailable,
 )
 from chatd.net import sockets as net
-from chatd.net.handshake import handshake
+from chatd.net.errormap import error_body, http_status
+from chatd.net.handshake import Origins, handshake
+from chatd.net.lifecycle import Lifecycle
+from chatd.net.websocket import WsServer
 from storage import StorageUnavailable
-
-if TYPE_CHECKING:
-    from chatd.app import App
 
 log = logging.getLogger("chatd.http")
 MAX_HEADER_BYTES = 16 * 1024
@@ -64,11 +65,11 @@ class HeadersTooLarge(ChatError):
 
 
 class NotImplementedHere(ChatError):
-    code, status = "not_implemented", 501
+    code = "not_implemented"
 
 
 class VersionNotSupported(ChatError):
-    code, status = "http_version_not_supported", 505
+    code = "http_version_not_supported"
 
 
 HTTP_VERSIONS = (b"1.0", b"1.1")
@@ -113,6 +114,14 @@ class Request:
             self.headers.get("upgrade", "").lower() == "websocket"
             and "upgrade" in self.headers.get("connection", "").lower()
         )
+
+
+@dataclass(frozen=True)
+class Text:
+    """A response body that is not JSON (``/metrics``)."""
+
+    body: bytes
+    content_type: bytes
 
 
 @dataclass
@@ -163,14 +172,31 @@ def error_response(exc: ChatError) -> Response:
     headers = []
     if exc.retry_after is not None:
         headers.append((b"retry-after", str(max(1, round(exc.retry_after))).encode()))
-    return Response(exc.status, exc.body(), headers)
+    return Response(http_status(exc), error_body(exc), headers)
+
+
+class Dispatcher(Protocol):
+    """The routes (``chatd/net/api.py``)."""
+
+    async def dispatch(self, request: Request) -> Response: ...
+
+
+@dataclass(frozen=True, eq=False)
+class HttpServer:
+    """What every HTTP connection shares: config, lifecycle, the routes, the WebSocket side."""
+
+    config: Config
+    lifecycle: Lifecycle
+    api: Dispatcher
+    ws: WsServer
+    origins: Origins
 
 
 class HttpConnection:
     def __init__(
-        self, app: App, sock: socket.socket, client: str, refusal: ChatError | None = None
+        self, srv: HttpServer, sock: socket.socket, client: str, refusal: ChatError | None = None
     ) -> None:
-        self.app = app
+        self.srv = srv
         self.sock = sock
         self.client = client
         self.refusal = refusal  # read one request, answer this error, close
@@ -195,11 +221,12 @@ class HttpConnection:
             await self._internal_error()
         finally:
             if not self.handed_off:
-                self.app.connections.release(self.sock)  # counted at accept
+                self.srv.lifecycle.connections.release(self.sock)  # counted at accept
                 net.close(self.sock)
 
     async def _serve(self) -> None:
-        cfg = self.app.config.server
+        cfg = self.srv.config.server
+        lifecycle = self.srv.lifecycle
         while True:
             request = None
             try:
@@ -224,13 +251,13 @@ class HttpConnection:
             if request.path == "/v1/ws" and request.is_websocket():
                 await self._upgrade(request)
                 return
-            self.app.http_busy += 1
+            lifecycle.http_busy += 1
             try:
-                response = await self.app.api.dispatch(request)
-                await self._respond(response, close=self.app.draining)
+                response = await self.srv.api.dispatch(request)
+                await self._respond(response, close=lifecycle.draining)
             finally:
-                self.app.http_busy -= 1
-                self.app.check_idle()
+                lifecycle.http_busy -= 1
+                lifecycle.check_idle()
             if self.h11.our_state is not h11.DONE or self.h11.their_state is not h11.DONE:
                 return
             self.h11.start_next_cycle()
@@ -282,16 +309,16 @@ class HttpConnection:
         try:
             if request.method != "GET":
                 raise MethodNotAllowed("WebSocket upgrades must use GET")
-            if self.app.draining:
+            if self.srv.lifecycle.draining:
                 raise Unavailable("draining")
-            headers, binary = handshake(self.app, request)
+            headers, binary = handshake(self.srv.origins, request.headers)
         except ChatError as exc:
             await self._respond(error_response(exc), close=True)
             return
         out = self.h11.send(h11.InformationalResponse(status_code=101, headers=headers))
         self.responded = True
         await net.send_all(self.sock, out)
-        self.app.ws.start(self.sock, binary, self.h11.trailing_data[0], self.client)
+        self.srv.ws.start(self.sock, binary, self.h11.trailing_data[0], self.client)
         self.handed_off = True
 
     async def _next_event(self) -> Any:
@@ -327,7 +354,7 @@ class HttpConnection:
             headers=headers,
             client=self.client,
         )
-        limit = self.app.config.limits.max_request_body
+        limit = self.srv.config.limits.max_request_body
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > limit:
             raise TooLarge(f"request body over {limit} bytes")
@@ -348,10 +375,15 @@ class HttpConnection:
         return request
 
     async def _respond(self, response: Response, *, close: bool = False) -> None:
-        body = b"" if response.payload is None else json.dumps(response.payload).encode()
         headers = [SERVER_HEADER, *response.headers]
-        if response.payload is not None:
+        if isinstance(response.payload, Text):
+            body = response.payload.body
+            headers.append((b"content-type", response.payload.content_type))
+        elif response.payload is not None:
+            body = json.dumps(response.payload).encode()
             headers.append((b"content-type", b"application/json"))
+        else:
+            body = b""
         if response.status != 204:
             headers.append((b"content-length", str(len(body)).encode()))
         if close:
@@ -363,7 +395,7 @@ class HttpConnection:
             out += self.h11.send(h11.Data(data=body))
         out += self.h11.send(h11.EndOfMessage())
         self.responded = True
-        with trio.move_on_after(self.app.config.server.keepalive_timeout):
+        with trio.move_on_after(self.srv.config.server.keepalive_timeout):
             await net.send_all(self.sock, out)
             return
         raise ClientStalled(f"{self.client} did not read a response within keepalive_timeout")

@@ -9,8 +9,11 @@ for writability; bytes wait in a buffer bounded by ``limits.outbound_queue_bytes
 that lets it overflow is closed with 1008 (it resyncs with ``since``). Reads are processed in
 batches: replies produced while handling one ``recv`` are written with one ``send``.
 
-Server frames are encoded once per subprotocol (``protocol.frames.Encoded``) and the same bytes
-go to every device; wsproto is only used to parse client frames and for control frames.
+A connection is the domain's :class:`~chatd.domain.ports.DeviceSink`: the domain hands it
+frames (``deliver``, ``notify``, ``reply``, ``finished``) and never sees a socket. Frames shared
+by many devices (:class:`~chatd.domain.ports.Shared`) are encoded once per subprotocol and the
+same bytes go to every device; wsproto is only used to parse client frames and for control
+frames.
 """
 
 from __future__ import annotations
@@ -19,29 +22,34 @@ import itertools
 import logging
 import secrets
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import CloseConnection, Message, Ping
 from wsproto.utilities import RemoteProtocolError
 
-from chatd.domain.accounts import now_ms, token_digest
+from chatd.config import Config
+from chatd.domain.accounts import Accounts, now_ms, token_digest
 from chatd.domain.errors import (
     BadRequest,
     ChatError,
     TooManySessions,
     Unauthorized,
     Unavailable,
+    WrongShard,
 )
-from chatd.domain.messaging import inbox_frame
-from chatd.domain.sessions import sign_out
+from chatd.domain.messaging import Messenger, inbox_frame
+from chatd.domain.ports import Router, Shared
+from chatd.domain.presence import Presence
+from chatd.domain.receipts import Receipts
+from chatd.domain.sessions import Sessions
 from chatd.net import sockets as net
+from chatd.net.errormap import CLOSE_CODE, close_code, error_frame
+from chatd.net.heartbeat import Heartbeats
+from chatd.net.lifecycle import Lifecycle
 from chatd.protocol import frames
-from storage import StorageUnavailable
-
-if TYPE_CHECKING:
-    from chatd.app import App
+from storage import StorageUnavailable, Store
 
 log = logging.getLogger("chatd.ws")
 REPLAY_CHUNK = 100
@@ -78,7 +86,7 @@ class Conn:
     """One WebSocket connection (one device once authenticated)."""
 
     __slots__ = (
-        "app",
+        "srv",
         "sock",
         "ws",
         "binary",
@@ -108,9 +116,9 @@ class Conn:
     )
 
     def __init__(
-        self, app: App, sock: socket.socket, binary: bool, trailing: bytes, peer: str = ""
+        self, srv: WsServer, sock: socket.socket, binary: bool, trailing: bytes, peer: str = ""
     ) -> None:
-        self.app = app
+        self.srv = srv
         self.sock = sock
         self.peer = peer  # the client's address (the HTTP connection's string), for logs
         self.ws = Connection(ConnectionType.SERVER, trailing_data=trailing)
@@ -151,23 +159,24 @@ class Conn:
         in it, or in its flusher, is logged once with the peer address and closes this
         connection with 1011. It never reaches the shared nursery, so nothing else stops.
         """
-        limits = self.app.config.limits
+        srv = self.srv
         try:
             with trio.CancelScope() as self.scope:
-                self.scope.deadline = trio.current_time() + self.app.config.server.hello_timeout
-                await self._read_loop(limits.max_frame_bytes)
+                self.scope.deadline = trio.current_time() + srv.config.server.hello_timeout
+                await self._read_loop(srv.config.limits.max_frame_bytes)
             if self.scope.cancelled_caught and not self.closing and self.user_id:
-                sign_out(self, "token expired")  # the deadline _hello set
+                self.end("unauthorized", "token expired")  # the deadline _hello set
             elif self.scope.cancelled_caught and not self.closing:
-                self.send_frame(BadRequest("no hello within the deadline").frame())
+                self.reply(error_frame(BadRequest("no hello within the deadline")))
                 self.close(1008, "hello timeout")
         except Exception:
             self._crashed()
         finally:
             try:
                 if self.user_id:
-                    self.app.sessions.remove(self)
-                    self.app.presence.disconnected(self, timed_out=self.timed_out)
+                    srv.heartbeats.forget(self)
+                    srv.sessions.remove(self)
+                    srv.presence.disconnected(self, timed_out=self.timed_out)
             except Exception:
                 self._crashed()
             try:
@@ -176,9 +185,9 @@ class Conn:
                 self._crashed()
             finally:
                 self._release()
-                self.app.ws.conns.discard(self)
-                self.app.connections.release(self.sock)
-                self.app.check_idle()
+                srv.lifecycle.websockets.discard(self)
+                srv.lifecycle.connections.release(self.sock)
+                srv.lifecycle.check_idle()
 
     def _crashed(self) -> None:
         """Last resort, in an ``except`` block: log the bug (once per connection) with the peer
@@ -332,33 +341,50 @@ class Conn:
             else:
                 self._dispatch(frame)
         except ChatError as exc:
-            self.send_frame(exc.frame())
-            if exc.close_code or not self.user_id:
-                self.close(exc.close_code or 4001, exc.code)
+            self.reply(error_frame(exc))
+            code = close_code(exc)
+            if code or not self.user_id:
+                self.close(code or 4001, exc.code)
         except StorageUnavailable as exc:
-            self.send_frame(Unavailable(str(exc)).frame())
+            self.reply(error_frame(Unavailable(str(exc))))
 
     def _dispatch(self, frame: frames.ClientFrame) -> None:
+        srv = self.srv
         if isinstance(frame, frames.Send):
-            self.app.messenger.send(self, frame)
+            self.inflight += 1  # until finished(): the domain promises one call
+            try:
+                srv.messenger.send(self, frame.ref, frame.body, to=frame.to, channel=frame.channel)
+            except BaseException:
+                self.inflight -= 1
+                raise
         elif isinstance(frame, frames.Ping):
-            self.send_frame({"type": "pong"})
+            self.reply({"type": "pong"})
         elif isinstance(frame, frames.History):
-            self.send_frame(self.app.messenger.history(self.user_id, frame))
+            page = srv.messenger.history(
+                self.user_id, frame.ref, frame.channel, before=frame.before, limit=frame.limit
+            )
+            self.reply(page)
         elif isinstance(frame, frames.Read):
-            self.app.receipts.read(self, frame)
+            self.inflight += 1
+            try:
+                srv.receipts.read(self, frame.channel, frame.msg_id)
+            except BaseException:
+                self.inflight -= 1
+                raise
         elif isinstance(frame, frames.Typing):
-            self.app.receipts.typing(self, frame)
+            srv.receipts.typing(self, frame.channel)
         else:
             raise BadRequest("already authenticated")
 
     def _hello(self, hello: frames.Hello) -> None:
-        app = self.app
-        user, expires_at = app.accounts.authenticate_until(hello.token)
-        if app.sessions.count(user) >= app.config.limits.max_sessions_per_user:
-            raise TooManySessions(
-                f"at most {app.config.limits.max_sessions_per_user} sessions per user"
-            )
+        srv = self.srv
+        user, expires_at = srv.accounts.authenticate_until(hello.token)
+        home = srv.router.home(user)
+        if not home.local:
+            raise WrongShard(f"{user} lives on shard {home.shard}", ws_url=home.url)
+        cap = srv.config.limits.max_sessions_per_user
+        if srv.sessions.count(user) >= cap:
+            raise TooManySessions(f"at most {cap} sessions per user")
         self.user_id = user
         self.device_id = f"{_device_prefix}{next(_device_ids):x}"
         self.token_digest = token_digest(hello.token)
@@ -366,15 +392,16 @@ class Conn:
         # From now on the read loop's deadline is the token's expiry (wall-clock ms turned into
         # trio time): run() then signs the device out. No timer or task of its own.
         self.scope.deadline = trio.current_time() + (expires_at - now_ms()) / 1000
-        app.sessions.add(self)
-        app.presence.connected(self)
-        head = app.store.inbox_head(user)
-        self.send_frame(
+        srv.sessions.add(self)
+        srv.heartbeats.watch(self)
+        srv.presence.connected(self)
+        head = srv.store.inbox_head(user)
+        self.reply(
             {"type": "welcome", "user_id": user, "device_id": self.device_id, "inbox_head": head}
         )
         if hello.since is None:
             self.last_seq = head
-            app.presence.snapshot(self)
+            srv.presence.snapshot(self)
         else:
             self.syncing = True
             self.replay_from = hello.since
@@ -388,8 +415,8 @@ class Conn:
         is delivered live (its hook runs later), one committed before it was replayed, and
         ``last_seq`` drops any live frame whose commit was already read here.
         """
-        store, user = self.app.store, self.user_id
-        budget = self.app.messenger.reply_bytes
+        store, user = self.srv.store, self.user_id
+        budget = self.srv.messenger.reply_bytes
         high_water = min(REPLAY_HIGH_WATER, budget)
         cursor = self.replay_from or 0
         self.replay_from = None
@@ -414,30 +441,51 @@ class Conn:
                 return
         self.last_seq = page.head
         self.syncing = False
-        self.send_frame({"type": "synced", "head": page.head})
-        self.app.presence.snapshot(self)
+        self.reply({"type": "synced", "head": page.head})
+        self.srv.presence.snapshot(self)
 
-    # -- writing
-    def send_frame(self, frame: dict[str, Any]) -> None:
+    # -- the DeviceSink port (chatd/domain/ports.py)
+    def reply(self, frame: dict[str, Any]) -> None:
+        """A frame for this device alone (an answer, a snapshot, an error)."""
         self._write(frames.encode(frame, self.binary))
 
-    def acked(self) -> None:
-        """One of this connection's sends was committed (or failed): resume reading if paused."""
+    def finished(self, answer: dict[str, Any] | ChatError | None) -> None:
+        """One of this connection's sends or reads is done: answer it, and resume reading if
+        backpressure paused it."""
         self.inflight -= 1
+        if isinstance(answer, ChatError):
+            self.reply(error_frame(answer))
+        elif answer is not None:
+            self.reply(answer)
         if self.acks_waiter is not None and self.inflight < MAX_INFLIGHT // 2:
             self.acks_waiter.set()
 
-    def send_encoded(self, encoded: frames.Encoded) -> None:
-        """A frame shared with other connections (encoded once per subprotocol)."""
+    def notify(self, frame: Shared) -> None:
+        """A frame shared with other devices (encoded once per subprotocol)."""
         if not self.closing:
-            self._write(encoded.get(self.binary))
+            self._write(self._encoded(frame))
 
-    def deliver(self, seq: int, encoded: frames.Encoded) -> None:
+    def deliver(self, seq: int, frame: Shared) -> None:
         """A live ``msg`` for inbox ``seq``: dropped while replaying or if already sent."""
         if self.syncing or seq <= self.last_seq or self.closing:
             return
         self.last_seq = seq
-        self._write(encoded.get(self.binary))
+        self._write(self._encoded(frame))
+
+    def end(self, code: str, message: str) -> None:
+        """Sign the device out with domain error ``code``: the error frame, then the close code
+        the transport's table gives it (1008 if none)."""
+        self.reply({"type": "error", "code": code, "message": message})
+        self.close(CLOSE_CODE.get(code, 1008), message)
+
+    def _encoded(self, shared: Shared) -> bytes:
+        cache = shared.cache
+        if cache is None:
+            cache = shared.cache = {}
+        data = cache.get(self.binary)
+        if data is None:
+            data = cache[self.binary] = frames.encode(shared.frame, self.binary)
+        return data
 
     def _write(self, data: bytes) -> None:
         if self.dead:
@@ -447,7 +495,7 @@ class Conn:
                 self.out = []
             self.out.append(data)
             self.out_bytes += len(data)
-            if self.out_bytes > self.app.config.limits.outbound_queue_bytes and not self.closing:
+            if self.out_bytes > self.srv.out_cap and not self.closing:
                 self.close(1008, "outbound queue overflow")
             elif not self.corked and not self.flushing:
                 self._start_flusher()
@@ -478,7 +526,7 @@ class Conn:
     def _start_flusher(self) -> None:
         self.flushing = True
         self.drained = trio.Event()
-        self.app.nursery.start_soon(self._flusher)
+        self.srv.nursery.start_soon(self._flusher)
 
     async def _flusher(self) -> None:
         try:
@@ -521,18 +569,47 @@ class Conn:
 
 
 class WsServer:
-    """Runs upgraded connections and tracks them for draining."""
+    """Runs upgraded connections; holds what they share (one reference per connection)."""
 
-    def __init__(self, app: App) -> None:
-        self.app = app
-        self.conns: set[Conn] = set()
+    def __init__(
+        self,
+        config: Config,
+        *,
+        store: Store,
+        accounts: Accounts,
+        sessions: Sessions,
+        messenger: Messenger,
+        receipts: Receipts,
+        presence: Presence,
+        heartbeats: Heartbeats,
+        router: Router,
+        lifecycle: Lifecycle,
+        nursery: trio.Nursery,
+    ) -> None:
+        self.config = config
+        self.out_cap = config.limits.outbound_queue_bytes
+        self.store = store
+        self.accounts = accounts
+        self.sessions = sessions
+        self.messenger = messenger
+        self.receipts = receipts
+        self.presence = presence
+        self.heartbeats = heartbeats
+        self.router = router
+        self.lifecycle = lifecycle
+        #: where helper tasks that belong to no single request run (output flushers)
+        self.nursery = nursery
+
+    @property
+    def conns(self) -> set[Conn]:
+        return self.lifecycle.websockets
 
     def start(self, sock: socket.socket, binary: bool, trailing: bytes, peer: str = "") -> None:
         """Run an upgraded socket as a WebSocket connection in a task of its own."""
-        conn = Conn(self.app, sock, binary, trailing, peer)
-        self.conns.add(conn)
-        self.app.nursery.start_soon(conn.run)
+        conn = Conn(self, sock, binary, trailing, peer)
+        self.lifecycle.websockets.add(conn)
+        self.nursery.start_soon(conn.run)
 
     def close_all(self, code: int, reason: str) -> None:
-        for conn in list(self.conns):
+        for conn in list(self.lifecycle.websockets):
             conn.close(code, reason)

@@ -1,0 +1,72 @@
+"""The one table that turns a domain error code into what each transport sends.
+
+Domain errors (``chatd/domain/errors.py``) carry only a contract code. Over HTTP the code picks
+the status; over WebSocket every error is an ``error`` frame, and the code picks whether the
+connection is then closed, and with which close code. A transport-level error (an HTTP
+framing problem, say) may carry a ``status`` of its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chatd.domain.errors import ChatError
+
+HTTP_STATUS: dict[str, int] = {
+    "bad_request": 400,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "conflict": 409,
+    "too_large": 413,
+    "rate_limited": 429,
+    "too_many_sessions": 429,
+    "wrong_shard": 421,
+    "internal": 500,
+    "not_implemented": 501,
+    "unavailable": 503,
+    "http_version_not_supported": 505,
+}
+
+#: Codes after whose ``error`` frame the WebSocket is closed; others leave it open.
+CLOSE_CODE: dict[str, int] = {
+    "unauthorized": 4001,
+    "wrong_shard": 4002,
+    "too_many_sessions": 1008,
+}
+
+
+def retry_after_ms(seconds: float) -> int:
+    """The contract's ``retry_after``: whole milliseconds, at least 1."""
+    return max(1, int(seconds * 1000 + 0.999))
+
+
+def http_status(exc: ChatError) -> int:
+    status = getattr(exc, "status", None)
+    return status if isinstance(status, int) else HTTP_STATUS.get(exc.code, 400)
+
+
+def error_body(exc: ChatError) -> dict[str, Any]:
+    """The JSON body of an HTTP error response."""
+    out: dict[str, Any] = {"error": exc.code, "message": exc.message}
+    if exc.retry_after is not None:
+        out["retry_after"] = retry_after_ms(exc.retry_after)
+    return out
+
+
+def error_frame(exc: ChatError) -> dict[str, Any]:
+    """The WebSocket ``error`` frame for ``exc``."""
+    out: dict[str, Any] = {"type": "error", "code": exc.code, "message": exc.message}
+    if exc.ref is not None:
+        out["ref"] = exc.ref
+    if exc.retry_after is not None:
+        out["retry_after"] = retry_after_ms(exc.retry_after)
+    if exc.ws_url is not None:
+        out["ws_url"] = exc.ws_url
+    return out
+
+
+def close_code(exc: ChatError) -> int | None:
+    """The close code to send after ``exc``'s error frame, or None to stay open."""
+    return CLOSE_CODE.get(exc.code)

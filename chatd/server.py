@@ -1,0 +1,93 @@
+"""``serve()``: one server process from start to drain.
+
+It opens the listening socket and the storage, builds the object graph (``chatd/app.py``),
+runs the accept loop and the background tasks, and drains on request. Shutdown follows
+hypercorn's shape: :meth:`Server.drain` stops the accept loop, marks the server draining
+(``/healthz`` answers 503), closes every WebSocket with 1001 and lets in-flight HTTP requests
+finish; connections get ``server.drain_timeout`` seconds, then are cancelled. Storage closes
+last, after the committer has written everything queued.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+
+import trio
+
+from chatd.app import App, build
+from chatd.config import Config
+from chatd.net import listener as listening
+from chatd.net import sockets as net
+from storage import Store
+
+
+class Server:
+    """Handle on a running server, given to ``task_status.started()``."""
+
+    def __init__(self, app: App, host: str, port: int) -> None:
+        self.app = app
+        self.host = host
+        self.port = port
+        self.url = f"http://{host}:{port}"
+        self._drain = trio.Event()
+
+    def drain(self) -> None:
+        self._drain.set()
+
+
+def _tune_gc() -> None:
+    """Fewer, cheaper collections: what start-up built (config, app, caches) is frozen out of
+    the collector's view and the young generation may grow before a pass. Called once, before
+    the first accept: freezing later would also freeze request-scoped objects alive at that
+    moment, and a cycle among them would never be collected (docs/operations.md has the
+    measurement that dropped the periodic freeze)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
+
+
+async def serve(
+    config: Config, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run chatd until :meth:`Server.drain`; ``task_status.started(server)`` once listening."""
+    cfg = config.server
+    listener = listening.open_listener(cfg.host, cfg.port)
+    try:
+        store = Store(
+            cfg.data,
+            map_size=config.storage.map_size,
+            max_map_size=config.storage.max_map_size,
+            sync=config.storage.sync,
+            max_batch=config.storage.max_batch,
+            max_queue_bytes=config.storage.max_queue_bytes,
+        )
+    except BaseException:
+        listener.close()
+        raise
+    host, port = listener.getsockname()[:2]
+    async with trio.open_nursery() as root:
+        await root.start(store.run)
+        try:
+            async with trio.open_nursery() as conns:
+                app = build(config, store, conns, port)
+                server = Server(app, host, port)
+                accept_scope = trio.CancelScope()
+                conns.start_soon(listening.accept_loop, app.http, listener, conns, accept_scope)
+                conns.start_soon(app.heartbeats.run)
+                conns.start_soon(app.sweeper.run)
+                _tune_gc()
+                print(f"chatd listening on http://{host}:{port}", file=sys.stderr, flush=True)
+                task_status.started(server)
+                await server._drain.wait()
+                accept_scope.cancel()
+                app.lifecycle.draining = True
+                app.ws.close_all(1001, "server draining")
+                # What is left once WebSockets are closed and requests answered is idle
+                # keep-alive connections waiting for a next request: cancel them.
+                with trio.move_on_after(cfg.drain_timeout):
+                    await app.lifecycle.wait_idle()
+                conns.cancel_scope.cancel()
+        finally:
+            net.close(listener)
+            store.close()
