@@ -30,7 +30,7 @@ from bench.procs import Procs, rss_kib
 
 async def profile(args: argparse.Namespace, workdir: Path) -> list[tuple[str, float, int]]:
     from chatd.config import from_mapping
-    from chatd.net.listener import serve
+    from chatd.server import serve
 
     data: dict[str, Any] = tomllib.loads(targets.BENCH_CONFIG)
     data["server"].update(listen="127.0.0.1:0", data=str(workdir / "data"))
