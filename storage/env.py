@@ -30,6 +30,7 @@ DATABASES = (
     "refs",  # user \0 ref -> ack
     "memberships",  # user \0 channel -> {read: msg_id}: the user's channels and read marks
     "channels",  # channel -> [last msg_id, its ts]: orders the channel list without messages
+    "outbox",  # topic \0 seq -> record bytes (seq 0: the topic's last seq); see outbox.py
 )
 
 
@@ -230,6 +231,11 @@ class Env:
                 f"storage full: the LMDB map is at storage.max_map_size ({self.max_map_size} bytes)"
             )
         self.env.set_mapsize(min(size * 2, self.max_map_size))
+
+    def usage(self) -> tuple[int, int]:
+        """(map size, bytes of it in use), from the last committed transaction."""
+        info = self.env.info()
+        return info["map_size"], (info["last_pgno"] + 1) * self.env.stat()["psize"]
 
     def close(self) -> None:
         self.env.close()

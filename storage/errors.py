@@ -14,15 +14,3 @@ class StorageUnavailable(StorageError):
 
     Nothing committed before is lost; the write that raised this was not applied.
     """
-
-
-class NotFound(StorageError):
-    """The record an operation works on does not exist (e.g. an unknown group)."""
-
-
-class NotMember(StorageError):
-    """The user is not a member of the channel the operation needs."""
-
-
-class GroupFull(StorageError):
-    """Adding the member would pass the group's member cap."""

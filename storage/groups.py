@@ -1,140 +1,93 @@
-"""Transaction functions for groups and per-user channel memberships (with read marks).
+"""Groups, memberships and each channel's last message: typed record operations and the
+channel list.
 
-A group record is ``{name, owner, members, created_at}`` under its channel id. Every user has a
-membership record per channel (``user \\0 channel -> {read}``): for groups from the moment they
-join, for 1:1 channels from the first message. It lists a user's channels and keeps their read
-mark. Each message also overwrites its channel's small ``channels`` record (last msg_id and ts),
-so the channel list is ordered without reading any message.
+``groups``: channel -> ``{name, owner, members, created_at}``. ``memberships``: user \\0
+channel -> ``{read}``: a user's channels (groups and 1:1) and read marks. ``channels``:
+channel -> ``[last msg_id, its ts]``, kept by whoever stores a message, so the channel list is
+ordered without reading any message.
 """
 
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterator
 
 from storage.codec import int_key, pack, str_key, unpack
 from storage.env import Txn
-from storage.errors import Conflict, GroupFull, NotFound, NotMember
+from storage.records import ChannelState, Group, Membership
 
 
-def get_group(txn: Txn, channel: str) -> dict[str, Any] | None:
-    raw = txn.get("groups", channel.encode())
-    return None if raw is None else unpack(raw)
+class GroupReads:
+    __slots__ = ()
+    txn: Txn
+
+    def group_get(self, channel: str) -> Group | None:
+        raw = self.txn.get("groups", channel.encode())
+        if raw is None:
+            return None
+        rec = unpack(raw)
+        return Group(rec["name"], rec["owner"], tuple(rec["members"]), rec["created_at"])
+
+    def membership_get(self, user_id: str, channel: str) -> Membership | None:
+        raw = self.txn.get("memberships", str_key(user_id, channel))
+        return None if raw is None else Membership(unpack(raw)["read"])
+
+    def memberships(self, user_id: str) -> Iterator[tuple[str, Membership]]:
+        """(channel, membership) of every channel of ``user_id``, ordered by channel id."""
+        for channel, raw in self.txn.scan("memberships", user_id):
+            yield channel, Membership(unpack(raw)["read"])
+
+    def channel_last(self, channel: str) -> tuple[int, int]:
+        """(last msg_id, its ts) of ``channel``; (0, 0) if it has no message."""
+        raw = self.txn.get("channels", channel.encode())
+        if raw is not None:
+            msg_id, ts = unpack(raw)
+            return msg_id, ts
+        # Written before the channels record existed: read the last message once.
+        msg_id = self.txn.last_id("messages", channel)
+        message = self.txn.get("messages", int_key(channel, msg_id)) if msg_id else None
+        return (msg_id, unpack(message)["ts"]) if message is not None else (0, 0)
+
+    def channel_list(
+        self, user_id: str, *, limit: int, after: tuple[int, str] | None = None
+    ) -> list[ChannelState]:
+        """At most ``limit`` of the user's channels, most recent last message first (ties by
+        channel id), starting after the row whose (last_ts, channel) is ``after``.
+
+        Every membership is visited (one small record each, no message is read) and only the
+        page's rows are kept, so a page costs O(channels x log limit).
+        """
+        start = None if after is None else (-after[0], after[1])
+        rows = []
+        for channel, raw in self.txn.scan("memberships", user_id):  # decoded for the page only
+            msg_id, ts = self.channel_last(channel)
+            if start is None or (-ts, channel) > start:
+                rows.append((-ts, channel, raw, msg_id))
+        page = heapq.nsmallest(limit, rows)
+        return [ChannelState(ch, unpack(raw)["read"], msg_id, -ts) for ts, ch, raw, msg_id in page]
 
 
-def _put_group(txn: Txn, channel: str, group: dict[str, Any]) -> None:
-    txn.put("groups", channel.encode(), pack(group))
+class GroupWrites:
+    __slots__ = ()
+    txn: Txn
 
+    def group_put(self, channel: str, group: Group) -> None:
+        record = {
+            "name": group.name,
+            "owner": group.owner,
+            "members": list(group.members),
+            "created_at": group.created_at,
+        }
+        self.txn.put("groups", channel.encode(), pack(record))
 
-def group_members(txn: Txn, channel: str, user_id: str) -> list[str]:
-    """Members of group ``channel``, checking ``user_id`` is one."""
-    group = get_group(txn, channel)
-    if group is None:
-        raise NotFound(f"no group {channel!r}")
-    if user_id not in group["members"]:
-        raise NotMember(f"{user_id} is not a member of {channel}")
-    return group["members"]  # type: ignore[no-any-return]
+    def group_delete(self, channel: str) -> bool:
+        return self.txn.delete("groups", channel.encode())
 
+    def membership_put(self, user_id: str, channel: str, membership: Membership) -> None:
+        self.txn.put("memberships", str_key(user_id, channel), pack({"read": membership.read}))
 
-def join(txn: Txn, user_id: str, channel: str) -> None:
-    """Record membership; the read mark starts at the channel's current end."""
-    key = str_key(user_id, channel)
-    if txn.get("memberships", key) is None:
-        txn.put("memberships", key, pack({"read": txn.last_id("messages", channel)}))
+    def membership_delete(self, user_id: str, channel: str) -> bool:
+        return self.txn.delete("memberships", str_key(user_id, channel))
 
-
-def create_group(
-    txn: Txn, channel: str, *, name: str, owner: str, members: list[str], created_at: int
-) -> dict[str, Any]:
-    if get_group(txn, channel) is not None:
-        raise Conflict(f"group {channel!r} exists")
-    group = {"name": name, "owner": owner, "members": members, "created_at": created_at}
-    _put_group(txn, channel, group)
-    for user in members:
-        join(txn, user, channel)
-    return group
-
-
-def add_member(txn: Txn, channel: str, user_id: str, *, cap: int) -> dict[str, Any]:
-    group = get_group(txn, channel)
-    if group is None:
-        raise NotFound(f"no group {channel!r}")
-    if user_id not in group["members"]:
-        if len(group["members"]) >= cap:
-            raise GroupFull(f"group is full ({cap} members)")
-        group["members"].append(user_id)
-        _put_group(txn, channel, group)
-        join(txn, user_id, channel)
-    return group
-
-
-def remove_member(txn: Txn, channel: str, user_id: str) -> dict[str, Any]:
-    """Remove a member; if the owner leaves, the longest-standing member becomes owner."""
-    group = get_group(txn, channel)
-    if group is None:
-        raise NotFound(f"no group {channel!r}")
-    if user_id in group["members"]:
-        group["members"].remove(user_id)
-        if group["owner"] == user_id:
-            group["owner"] = group["members"][0] if group["members"] else ""
-        _put_group(txn, channel, group)
-        txn.delete("memberships", str_key(user_id, channel))
-    return group
-
-
-def mark_read(txn: Txn, user_id: str, channel: str, msg_id: int) -> bool:
-    """Raise the user's read mark to ``msg_id``; False (nothing stored) if it was not higher."""
-    key = str_key(user_id, channel)
-    raw = txn.get("memberships", key)
-    record = {"read": 0} if raw is None else unpack(raw)
-    if msg_id <= record["read"]:
-        return False
-    record["read"] = msg_id
-    txn.put("memberships", key, pack(record))
-    return True
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelState:
-    """One row of a user's channel list (``last_ts`` is 0 while the channel has no message)."""
-
-    channel: str
-    read_msg_id: int
-    last_msg_id: int
-    last_ts: int
-
-
-def set_last(txn: Txn, channel: str, msg_id: int, ts: int) -> None:
-    txn.put("channels", channel.encode(), pack([msg_id, ts]))
-
-
-def last_of(txn: Txn, channel: str) -> tuple[int, int]:
-    """(last msg_id, its ts) of ``channel``; (0, 0) if it has no message."""
-    raw = txn.get("channels", channel.encode())
-    if raw is not None:
-        msg_id, ts = unpack(raw)
-        return msg_id, ts
-    # Written before the channels record existed: read the last message once.
-    msg_id = txn.last_id("messages", channel)
-    message = txn.get("messages", int_key(channel, msg_id)) if msg_id else None
-    return (msg_id, unpack(message)["ts"]) if message is not None else (0, 0)
-
-
-def channel_page(
-    txn: Txn, user_id: str, *, limit: int, after: tuple[int, str] | None = None
-) -> list[ChannelState]:
-    """At most ``limit`` of the user's channels, most recent last message first (ties by channel
-    id), starting after the row whose (last_ts, channel) is ``after``.
-
-    Every membership is visited (one small record each, no message is read) and only the
-    page's rows are kept, so a page costs O(channels x log limit).
-    """
-    start = None if after is None else (-after[0], after[1])
-    rows = []
-    for channel, raw in txn.scan("memberships", user_id):
-        msg_id, ts = last_of(txn, channel)
-        if start is None or (-ts, channel) > start:
-            rows.append((-ts, channel, raw, msg_id))
-    page = heapq.nsmallest(limit, rows)
-    return [ChannelState(ch, unpack(raw)["read"], msg_id, -ts) for ts, ch, raw, msg_id in page]
+    def channel_last_put(self, channel: str, msg_id: int, ts: int) -> None:
+        self.txn.put("channels", channel.encode(), pack([msg_id, ts]))

@@ -1,26 +1,30 @@
-"""The typed storage API the server calls."""
+"""The storage API the server calls: synchronous typed reads, transaction functions for writes."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
-from functools import partial
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import trio
 
-from storage import accounts, groups, messages, retention
+from storage import retention
 from storage.committer import OP_BYTES, Committer
-from storage.env import Env, Txn
-from storage.groups import ChannelState
-from storage.messages import Appended, ChannelPage, InboxEntry, InboxPage, Message
+from storage.env import Env, Op, Txn
+from storage.records import ChannelPage, ChannelState, Group, InboxEntry, InboxPage, Message
+from storage.repo import ReadTx, WriteTx
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class Store:
     """One LMDB environment plus its group committer.
 
-    Reads are synchronous and cheap; writes are ``async`` and return once durable. Start the
-    committer with ``await nursery.start(store.run)`` and call :meth:`close` to drain it.
+    Reads are synchronous and cheap. A write is a transaction function ``fn(tx)`` over a
+    :class:`~storage.repo.WriteTx`: :meth:`write` awaits it (returning its result once
+    durable), :meth:`submit` queues it and calls back. Start the committer with
+    ``await nursery.start(store.run)`` and call :meth:`close` to drain it.
     """
 
     def __init__(
@@ -46,42 +50,85 @@ class Store:
     def close(self) -> None:
         self.committer.close()
 
-    def _read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def stats(self) -> dict[str, int]:
+        """Group-commit counters (batches and ops committed, bytes queued) and the map's size
+        and the part of it in use, in bytes."""
+        map_size, map_used = self.env.usage()
+        c = self.committer
+        return {
+            "batches": c.batches,
+            "ops": c.ops,
+            "queued_bytes": c.queued_bytes,
+            "map_size": map_size,
+            "map_used": map_used,
+        }
+
+    def _read(self, fn: Callable[Concatenate[ReadTx, P], T], *args: P.args, **kw: P.kwargs) -> T:
         with self.env.read() as txn:
-            return fn(txn, *args, **kwargs)
+            return fn(ReadTx(txn), *args, **kw)
+
+    # -- writes: transaction functions
+    async def write(
+        self,
+        fn: Callable[[WriteTx], T],
+        after_commit: Callable[[T], None] | None = None,
+        *,
+        size: int = OP_BYTES,
+    ) -> T:
+        """Run ``fn(tx)`` in the next batch; return its result once durable, or raise what it
+        raised (nothing it wrote is stored then).
+
+        ``size`` is the op's size hint for the queue's byte cap (see :func:`message_bytes`);
+        the call waits for room past the cap. ``after_commit(result)`` runs on the event loop
+        in commit order, even if the caller is cancelled after queueing.
+        """
+        return await self.committer.write(_on_write_tx(fn), after_commit, size=size)
+
+    def submit(
+        self,
+        fn: Callable[[WriteTx], T],
+        on_done: Callable[[T | None, BaseException | None], None],
+        *,
+        size: int = OP_BYTES,
+    ) -> None:
+        """:meth:`write` without waiting: ``on_done(result, error)`` runs after the commit, on
+        the event loop, in commit order. Raises ``trio.WouldBlock`` if the queue is full and
+        StorageUnavailable once closed."""
+
+        def done(op: Op) -> None:
+            on_done(op.result, op.error)
+
+        self.committer.submit(_on_write_tx(fn), done, size=size)
 
     # -- accounts and tokens
     def account(self, user_id: str) -> dict[str, Any] | None:
-        return self._read(accounts.get_account, user_id)  # type: ignore[no-any-return]
+        return self._read(ReadTx.account_get, user_id)
 
     async def create_account(self, user_id: str, record: dict[str, Any]) -> None:
-        await self.committer.write(partial(accounts.create_account, user_id=user_id, record=record))
+        """Conflict if ``user_id`` has an account."""
+        await self.write(lambda tx: tx.account_insert(user_id, record))
 
     async def update_account(self, user_id: str, changes: dict[str, Any]) -> dict[str, Any]:
-        return await self.committer.write(
-            partial(accounts.update_account, user_id=user_id, changes=changes)
-        )
+        """Merge ``changes`` into the account; KeyError if there is none."""
+        return await self.write(lambda tx: tx.account_update(user_id, changes))
 
     def submit_update(
         self,
         user_id: str,
         changes: dict[str, Any],
-        on_done: Callable[[Any, BaseException | None], None],
+        on_done: Callable[[dict[str, Any] | None, BaseException | None], None],
     ) -> None:
         """:meth:`update_account` without waiting (raises ``trio.WouldBlock`` if queue full)."""
-        fn = partial(accounts.update_account, user_id=user_id, changes=changes)
-        self.committer.submit(fn, lambda op: on_done(op.result, op.error))
+        self.submit(lambda tx: tx.account_update(user_id, changes), on_done)
 
     def token(self, digest: bytes) -> dict[str, Any] | None:
-        return self._read(accounts.get_token, digest)  # type: ignore[no-any-return]
+        return self._read(ReadTx.token_get, digest)
 
     async def put_token(self, digest: bytes, user_id: str, expires_at: int) -> None:
-        await self.committer.write(
-            partial(accounts.put_token, digest=digest, user_id=user_id, expires_at=expires_at)
-        )
+        await self.write(lambda tx: tx.token_put(digest, user_id, expires_at))
 
     async def delete_token(self, digest: bytes) -> bool:
-        return await self.committer.write(partial(accounts.delete_token, digest=digest))
+        return await self.write(lambda tx: tx.token_delete(digest))
 
     # -- retention
     async def purge_chunk(
@@ -89,92 +136,44 @@ class Store:
     ) -> tuple[bytes | None, int]:
         """One bounded chunk of a purge of ``db`` ("tokens" or "refs"), as one write op:
         see :func:`retention.purge_chunk`. Returns (next start or None, deleted)."""
-        fn = partial(retention.purge_chunk, db=db, cutoff=cutoff, start=start, limit=limit)
-        return await self.committer.write(fn)
+
+        def chunk(txn: Txn) -> tuple[bytes | None, int]:
+            return retention.purge_chunk(txn, db, cutoff=cutoff, start=start, limit=limit)
+
+        return await self.committer.write(chunk)
 
     # -- friends
     def friends(self, user_id: str) -> list[tuple[str, str]]:
-        return self._read(accounts.list_friends, user_id)  # type: ignore[no-any-return]
+        return self._read(ReadTx.friends, user_id)
 
     def friend_state(self, user_id: str, other: str) -> str | None:
-        return self._read(accounts.friend_state, user_id, other)  # type: ignore[no-any-return]
-
-    async def request_friend(self, user_id: str, other: str) -> str:
-        return await self.committer.write(
-            partial(accounts.request_friend, user_id=user_id, other=other)
-        )
-
-    async def remove_friend(self, user_id: str, other: str) -> None:
-        await self.committer.write(partial(accounts.remove_friend, user_id=user_id, other=other))
+        return self._read(ReadTx.friend_get, user_id, other)
 
     # -- messages and inboxes
-    async def append_message(
-        self,
-        *,
-        sender: str,
-        ref: str,
-        channel: str,
-        members: list[str] | None,
-        body: str,
-        ts: int,
-        after_commit: Callable[[Appended], None] | None = None,
-    ) -> Appended:
-        """Store a message with one inbox entry per member, atomically; idempotent per ref.
-
-        ``members=None`` for a group channel: members are read in the transaction, and
-        NotFound / NotMember raised if the group is unknown or the sender not in it.
-
-        ``after_commit`` runs on the event loop in commit order (see storage/committer.py).
-        """
-        fn = _append_op(sender, ref, channel, members, body, ts)
-        return await self.committer.write(fn, after_commit, size=message_bytes(body))
-
-    def submit_message(
-        self,
-        *,
-        sender: str,
-        ref: str,
-        channel: str,
-        members: list[str] | None,
-        body: str,
-        ts: int,
-        on_done: Callable[[Appended | None, BaseException | None], None],
-    ) -> None:
-        """:meth:`append_message` without waiting: ``on_done(result, error)`` runs after commit,
-        on the event loop, in commit order. Raises ``trio.WouldBlock`` if the queue is full."""
-        fn = _append_op(sender, ref, channel, members, body, ts)
-        self.committer.submit(fn, lambda op: on_done(op.result, op.error), size=message_bytes(body))
-
     def sent_ack(self, user_id: str, ref: str) -> dict[str, Any] | None:
         """The stored ack of ``user_id``'s send ``ref``, if that send was committed."""
-        return self._read(messages.get_ref, user_id, ref)  # type: ignore[no-any-return]
+        return self._read(ReadTx.ref_get, user_id, ref)
 
     def inbox_head(self, user_id: str) -> int:
-        with self.env.read() as txn:
-            return txn.last_id("inboxes", user_id)
+        return self._read(ReadTx.inbox_head, user_id)
 
     def inbox(self, user_id: str, after: int, limit: int) -> list[InboxEntry]:
-        return self._read(messages.read_inbox, user_id, after, limit)  # type: ignore[no-any-return]
+        return self._read(ReadTx.inbox, user_id, after, limit)
 
     def inbox_page(
         self, user_id: str, after: int, limit: int, max_bytes: int | None = None
     ) -> InboxPage:
         """Entries with seq > ``after`` and the head, in one snapshot; at most ``limit``
         entries and, past the first, ``max_bytes`` of stored messages."""
-        return self._read(  # type: ignore[no-any-return]
-            messages.read_inbox_page, user_id, after, limit, max_bytes
-        )
+        return self._read(ReadTx.inbox_page, user_id, after, limit, max_bytes)
 
     def channel_last_id(self, channel: str) -> int:
-        with self.env.read() as txn:
-            return txn.last_id("messages", channel)
+        return self._read(ReadTx.last_msg_id, channel)
 
     def channel_page(
         self, channel: str, *, before: int | None = None, after: int | None = None, limit: int = 50
     ) -> list[Message]:
-        return self._read(  # type: ignore[no-any-return]
-            messages.read_channel, channel, before=before, after=after, limit=limit
-        )
+        return self.history(channel, before=before, after=after, limit=limit).messages
 
     def history(
         self,
@@ -186,8 +185,8 @@ class Store:
         max_bytes: int | None = None,
     ) -> ChannelPage:
         """:meth:`channel_page` within a byte budget, saying whether more lie beyond it."""
-        return self._read(  # type: ignore[no-any-return]
-            messages.read_channel_page,
+        return self._read(
+            ReadTx.channel_page,
             channel,
             before=before,
             after=after,
@@ -196,49 +195,24 @@ class Store:
         )
 
     # -- groups, memberships and read marks
-    def group(self, channel: str) -> dict[str, Any] | None:
-        return self._read(groups.get_group, channel)  # type: ignore[no-any-return]
-
-    async def create_group(
-        self, channel: str, *, name: str, owner: str, members: list[str], created_at: int
-    ) -> dict[str, Any]:
-        fn = partial(
-            groups.create_group,
-            channel=channel,
-            name=name,
-            owner=owner,
-            members=members,
-            created_at=created_at,
-        )
-        return await self.committer.write(fn)
-
-    async def add_member(self, channel: str, user_id: str, *, cap: int) -> dict[str, Any]:
-        fn = partial(groups.add_member, channel=channel, user_id=user_id, cap=cap)
-        return await self.committer.write(fn)
-
-    async def remove_member(self, channel: str, user_id: str) -> dict[str, Any]:
-        return await self.committer.write(
-            partial(groups.remove_member, channel=channel, user_id=user_id)
-        )
-
-    def submit_read(
-        self,
-        user_id: str,
-        channel: str,
-        msg_id: int,
-        on_done: Callable[[bool | None, BaseException | None], None],
-    ) -> None:
-        """Raise a read mark without waiting; ``on_done(changed, error)`` after commit."""
-        fn = partial(groups.mark_read, user_id=user_id, channel=channel, msg_id=msg_id)
-        self.committer.submit(fn, lambda op: on_done(op.result, op.error))
+    def group(self, channel: str) -> Group | None:
+        return self._read(ReadTx.group_get, channel)
 
     def channels(
         self, user_id: str, *, limit: int, after: tuple[int, str] | None = None
     ) -> list[ChannelState]:
-        """A page of the user's channels, most recent first; see :func:`groups.channel_page`."""
-        return self._read(  # type: ignore[no-any-return]
-            groups.channel_page, user_id, limit=limit, after=after
-        )
+        """A page of the user's channels, most recent first; see :meth:`ReadTx.channel_list`."""
+        return self._read(ReadTx.channel_list, user_id, limit=limit, after=after)
+
+    # -- outbox
+    def outbox_pending(self, topic: str, limit: int) -> list[tuple[int, bytes]]:
+        """At most ``limit`` (seq, record) of ``topic`` not deleted yet, oldest first."""
+        return self._read(ReadTx.outbox_pending, topic, limit)
+
+    async def outbox_delete(self, topic: str, seqs: Iterable[int]) -> int:
+        """Delete records of ``topic`` (a consumer has done their work); how many there were."""
+        wanted = list(seqs)
+        return await self.write(lambda tx: tx.outbox_delete(topic, wanted))
 
 
 def message_bytes(body: str) -> int:
@@ -247,15 +221,6 @@ def message_bytes(body: str) -> int:
     return OP_BYTES + 3 * sys.getsizeof(body)
 
 
-def _append_op(
-    sender: str, ref: str, channel: str, members: list[str] | None, body: str, ts: int
-) -> Callable[[Txn], Appended]:
-    return partial(
-        messages.append_message,
-        sender=sender,
-        ref=ref,
-        channel=channel,
-        members=members,
-        body=body,
-        ts=ts,
-    )
+def _on_write_tx(fn: Callable[[WriteTx], T]) -> Callable[[Txn], T]:
+    """The committer's op (a function of a raw write transaction) running ``fn``."""
+    return lambda txn: fn(WriteTx(txn))

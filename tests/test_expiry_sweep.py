@@ -4,8 +4,8 @@ on trio's MockClock (token and ref stamps are wall-clock ms; socket timers run o
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
@@ -13,9 +13,9 @@ import trio.testing
 
 from chatd.client import HttpClient
 from chatd.domain.accounts import now_ms, token_digest
+from chatd.domain.messaging_tx import append_message
 from chatd.server import Server
-from storage import Store
-from storage.codec import pack, str_key
+from storage import Store, WriteTx
 from tests import wsraw
 from tests.conftest import make_config, make_user, running
 from tests.wsraw import RawWs
@@ -81,7 +81,8 @@ async def test_sweep_purges_expired_tokens_and_refs_past_retention(
         async with alice.session() as a:
             recent = await a.send(to="bob", body="recent", ref="recent")
         day_ago = now_ms() - 25 * HOUR_MS
-        old = await store.append_message(
+        op = partial(
+            append_message,
             sender="alice",
             ref="old",
             channel="dm:alice:bob",
@@ -89,6 +90,7 @@ async def test_sweep_purges_expired_tokens_and_refs_past_retention(
             body="a day ago",
             ts=day_ago,
         )
+        old = await store.write(op)
         await store.put_token(token_digest("expired"), "alice", now_ms() - 1)
         assert store.sent_ack("alice", "old") is not None
 
@@ -110,9 +112,9 @@ async def test_sweep_purges_expired_tokens_and_refs_past_retention(
         assert [m.body for m in history] == ["recent", "a day ago", "a day ago"]
 
 
-def put_refs(txn: Any, refs: list[tuple[str, str, int]]) -> None:
+def put_refs(tx: WriteTx, refs: list[tuple[str, str, int]]) -> None:
     for user, ref, ts in refs:
-        txn.put("refs", str_key(user, ref), pack({"channel": "c", "msg_id": 1, "ts": ts}))
+        tx.ref_put(user, ref, {"channel": "c", "msg_id": 1, "ts": ts})
 
 
 async def test_purge_runs_in_bounded_chunks_resuming_from_a_key(tmp_path: Path) -> None:
@@ -122,7 +124,7 @@ async def test_purge_runs_in_bounded_chunks_resuming_from_a_key(tmp_path: Path) 
     refs = [(f"user{i % 7}", f"r{i}", now - 2 * HOUR_MS if i % 5 else now) for i in range(2500)]
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run)
-        await store.committer.write(lambda txn: put_refs(txn, refs))
+        await store.write(lambda tx: put_refs(tx, refs))
         ops_before = store.committer.ops
         start: bytes | None = b""
         chunks, deleted = 0, 0

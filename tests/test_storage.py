@@ -1,4 +1,6 @@
-"""Storage on a real LMDB in a temp dir: codecs, the Store API, group commit, map growth."""
+"""Storage on a real LMDB in a temp dir: codecs, the typed repository, the Store API, group
+commit, map growth. Messages are written with the domain's send transaction function
+(``append_message``), the one writer of messages the server has."""
 
 from __future__ import annotations
 
@@ -16,8 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import storage
-from storage import Store, codec
-from storage.messages import Appended
+from chatd.domain.messaging_tx import Appended, append_message
+from storage import Group, Membership, Store, WriteTx, codec, message_bytes
 
 FAST = settings(max_examples=80, deadline=None)
 SLOW = settings(max_examples=40, deadline=None)
@@ -43,9 +45,10 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 async def send(
     store: Store, sender: str, ref: str, channel: str, members: list[str], body: str = "hi"
 ) -> Appended:
-    return await store.append_message(
-        sender=sender, ref=ref, channel=channel, members=members, body=body, ts=1000
+    op = partial(
+        append_message, sender=sender, ref=ref, channel=channel, members=members, body=body, ts=1000
     )
+    return await store.write(op, size=message_bytes(body))
 
 
 async def record_outcome(
@@ -173,38 +176,121 @@ async def test_tokens_put_get_delete(store: Store) -> None:
 # -- friends
 
 
-async def test_friend_request_then_accept_then_remove(store: Store) -> None:
-    assert await store.request_friend("alice", "bob") == "requested"
+async def test_friend_records_put_get_delete(store: Store) -> None:
+    await store.write(lambda tx: tx.friend_put("alice", "bob", "requested"))
+    await store.write(lambda tx: tx.friend_put("bob", "alice", "pending"))
     assert store.friend_state("alice", "bob") == "requested"
     assert store.friend_state("bob", "alice") == "pending"
     assert store.friends("alice") == [("bob", "requested")]
+    assert await store.write(lambda tx: tx.friend_delete("alice", "bob")) is True
+    assert await store.write(lambda tx: tx.friend_delete("alice", "bob")) is False
+    assert store.friend_state("alice", "bob") is None and store.friends("alice") == []
     assert store.friends("bob") == [("alice", "pending")]
-    # asking again changes nothing
-    assert await store.request_friend("alice", "bob") == "requested"
-    assert store.friend_state("bob", "alice") == "pending"
-
-    assert await store.request_friend("bob", "alice") == "friends"
-    assert store.friend_state("alice", "bob") == "friends"
-    assert store.friend_state("bob", "alice") == "friends"
-    assert await store.request_friend("alice", "bob") == "friends"
-
-    await store.remove_friend("bob", "alice")
-    assert store.friend_state("alice", "bob") is None
-    assert store.friend_state("bob", "alice") is None
-    assert store.friends("alice") == []
-    assert store.friends("bob") == []
 
 
 async def test_friend_lists_are_isolated_by_prefix(store: Store) -> None:
-    await store.request_friend("bob", "carol")
-    await store.request_friend("bobby", "dave")
-    await store.request_friend("bo", "erin")
-    await store.request_friend("erin", "bo")
+    def put(tx: WriteTx) -> None:
+        for user, other, state, theirs in [
+            ("bob", "carol", "requested", "pending"),
+            ("bobby", "dave", "requested", "pending"),
+            ("bo", "erin", "friends", "friends"),
+        ]:
+            tx.friend_put(user, other, state)
+            tx.friend_put(other, user, theirs)
+
+    await store.write(put)
     assert store.friends("bob") == [("carol", "requested")]
     assert store.friends("bobby") == [("dave", "requested")]
     assert store.friends("bo") == [("erin", "friends")]
     assert store.friends("b") == []
     assert store.friend_state("bob", "dave") is None
+
+
+# -- groups, memberships, channels' last records
+
+
+async def test_group_records_round_trip(store: Store) -> None:
+    club = Group("club", "alice", ("alice", "bob"), 123)
+    await store.write(lambda tx: tx.group_put("g:club", club))
+    assert store.group("g:club") == club
+    assert store.group("g:clu") is None and store.group("g:club2") is None
+    assert await store.write(lambda tx: tx.group_delete("g:club")) is True
+    assert store.group("g:club") is None
+
+
+async def test_memberships_list_channels_by_last_message(store: Store) -> None:
+    def put(tx: WriteTx) -> None:
+        for channel, read, last_ts in [("g:a", 1, 30), ("g:b", 0, 10), ("dm:alice:bob", 2, 20)]:
+            tx.membership_put("alice", channel, Membership(read=read))
+            tx.channel_last_put(channel, 5, last_ts)
+        tx.membership_put("alice2", "g:z", Membership(read=9))
+        tx.membership_put("alic", "g:y", Membership(read=9))
+
+    await store.write(put)
+    rows = [
+        (c.channel, c.read_msg_id, c.last_msg_id, c.last_ts)
+        for c in store.channels("alice", limit=10)
+    ]
+    assert rows == [("g:a", 1, 5, 30), ("dm:alice:bob", 2, 5, 20), ("g:b", 0, 5, 10)]
+    assert [c.channel for c in store.channels("alice", limit=1, after=(30, "g:a"))] == [
+        "dm:alice:bob"
+    ]
+
+    def read(tx: WriteTx) -> tuple[Membership | None, list[tuple[str, Membership]], bool]:
+        return (
+            tx.membership_get("alice", "g:a"),
+            list(tx.memberships("alice")),
+            tx.membership_delete("alice", "g:b"),
+        )
+
+    one, listed, deleted = await store.write(read)
+    assert one == Membership(read=1) and deleted is True
+    assert [c for c, _ in listed] == ["dm:alice:bob", "g:a", "g:b"]  # by channel id
+    assert [c.channel for c in store.channels("alice", limit=10)] == ["g:a", "dm:alice:bob"]
+
+
+# -- the outbox
+
+
+async def test_outbox_append_pending_delete(store: Store) -> None:
+    def append(tx: WriteTx) -> list[int]:
+        seqs = [tx.outbox_append("push", b"p%d" % i) for i in range(5)]
+        tx.outbox_append("pus", b"other topic")
+        tx.outbox_append("push2", b"other topic")
+        return seqs
+
+    assert await store.write(append) == [1, 2, 3, 4, 5]
+    assert store.outbox_pending("push", 3) == [(1, b"p0"), (2, b"p1"), (3, b"p2")]
+    assert store.outbox_pending("push", 100) == [(i + 1, b"p%d" % i) for i in range(5)]
+    assert store.outbox_pending("push", 0) == []
+    assert store.outbox_pending("pu", 100) == []
+    assert store.outbox_pending("pus", 100) == [(1, b"other topic")]
+    assert await store.outbox_delete("push", [1, 3, 9]) == 2
+    assert [seq for seq, _ in store.outbox_pending("push", 100)] == [2, 4, 5]
+    assert await store.outbox_delete("push", [2, 4, 5]) == 3
+    assert store.outbox_pending("push", 100) == []
+    # Seqs are never reused, even once every record of the topic is gone.
+    assert await store.write(lambda tx: tx.outbox_append("push", b"later")) == 6
+    assert store.outbox_pending("push", 100) == [(6, b"later")]
+
+
+async def test_outbox_records_of_a_failed_op_are_not_stored(store: Store) -> None:
+    def append_then_fail(tx: WriteTx) -> None:
+        tx.outbox_append("push", b"lost")
+        raise storage.Conflict("changed my mind")
+
+    with pytest.raises(storage.Conflict):
+        await store.write(append_then_fail)
+    assert store.outbox_pending("push", 10) == []
+    assert await store.write(lambda tx: tx.outbox_append("push", b"kept")) == 1
+
+
+async def test_stats_count_batches_ops_and_map_use(store: Store) -> None:
+    before = store.stats()
+    assert before["map_size"] >= before["map_used"] > 0 and before["queued_bytes"] == 0
+    await store.put_token(b"t" * 32, "alice", 1)
+    after = store.stats()
+    assert after["batches"] == before["batches"] + 1 and after["ops"] == before["ops"] + 1
 
 
 # -- messages and inboxes
@@ -442,15 +528,16 @@ async def test_caller_cancelled_after_queueing_still_commits(tmp_path: Path) -> 
 
     async def caller() -> None:
         with scope:
-            await store.append_message(
+            op = partial(
+                append_message,
                 sender="alice",
                 ref="r",
                 channel="dm:alice:bob",
                 members=["alice", "bob"],
                 body="x",
                 ts=1,
-                after_commit=lambda a: hooked.append(a.ack["msg_id"]),
             )
+            await store.write(op, lambda a: hooked.append(a.ack["msg_id"]))
 
     async with trio.open_nursery() as callers:
         callers.start_soon(caller)
@@ -497,15 +584,16 @@ async def test_submit_message_callbacks_run_in_commit_order(tmp_path: Path) -> N
             channel = "dm:alice:bob" if i % 3 else "dm:alice:carol"
             ref = "r0" if i == total - 1 else f"r{i}"  # the last one repeats the first ref
             other = channel.rsplit(":", 1)[1]
-            store.submit_message(
+            op = partial(
+                append_message,
                 sender="alice",
                 ref=ref,
                 channel=channel,
                 members=["alice", other],
                 body=str(i),
                 ts=i,
-                on_done=on_done,
             )
+            store.submit(op, on_done, size=message_bytes(str(i)))
         await done.wait()
         assert errors == []
         assert store.committer.batches >= total // 7
@@ -591,9 +679,9 @@ async def test_ids_claimed_by_a_failed_op_are_given_again(tmp_path: Path) -> Non
     undone with its nested transaction, within the same batch and after it."""
     store = Store(str(tmp_path / "db"), sync=False)
 
-    def claim_then_fail(txn: Any) -> None:
-        assert txn.claim_id("messages", "dm:alice:bob") == 1
-        assert txn.claim_id("inboxes", "bob") == 1
+    def claim_then_fail(tx: WriteTx) -> None:
+        assert tx.next_msg_id("dm:alice:bob") == 1
+        assert tx.inbox_append("bob", "dm:alice:bob", 1) == 1
         raise storage.Conflict("changed my mind")
 
     outcomes: dict[str, object] = {}
@@ -601,7 +689,7 @@ async def test_ids_claimed_by_a_failed_op_are_given_again(tmp_path: Path) -> Non
 
     async with trio.open_nursery() as outer:
         async with trio.open_nursery() as callers:
-            callers.start_soon(attempt, "fail", lambda: store.committer.write(claim_then_fail))
+            callers.start_soon(attempt, "fail", lambda: store.write(claim_then_fail))
             await trio.testing.wait_all_tasks_blocked()
             callers.start_soon(
                 attempt,

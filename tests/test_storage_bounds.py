@@ -12,9 +12,8 @@ import trio.testing
 
 from chatd.client import ChatClient, HttpClient
 from chatd.domain.accounts import now_ms
-from storage import Store
-from storage.codec import int_key
-from storage.messages import Appended
+from chatd.domain.messaging_tx import Appended, append_message
+from storage import Store, WriteTx, message_bytes
 from tests.conftest import make_config, make_user, running
 
 BIG = "x" * 100_000  # a maximal message body
@@ -24,15 +23,16 @@ def submit(store: Store, ref: str, done: list[Any], body: str = BIG) -> None:
     def on_done(appended: Appended | None, error: BaseException | None) -> None:
         done.append(error or appended)
 
-    store.submit_message(
+    op = partial(
+        append_message,
         sender="alice",
         ref=ref,
         channel="dm:alice:bob",
         members=["alice", "bob"],
         body=body,
         ts=1000,
-        on_done=on_done,
     )
+    store.submit(op, on_done, size=message_bytes(body))
 
 
 async def barrier(store: Store) -> None:
@@ -77,16 +77,16 @@ async def test_awaited_write_waits_for_room_instead_of_queueing(tmp_path: Path) 
     result: list[Appended] = []
 
     async def write() -> None:
-        result.append(
-            await store.append_message(
-                sender="bob",
-                ref="w",
-                channel="dm:alice:bob",
-                members=["alice", "bob"],
-                body=BIG,
-                ts=2000,
-            )
+        op = partial(
+            append_message,
+            sender="bob",
+            ref="w",
+            channel="dm:alice:bob",
+            members=["alice", "bob"],
+            body=BIG,
+            ts=2000,
         )
+        result.append(await store.write(op, size=message_bytes(BIG)))
 
     async with trio.open_nursery() as committer:
         async with trio.open_nursery() as writers:
@@ -127,7 +127,8 @@ async def test_channel_list_reads_no_message_records(tmp_path: Path) -> None:
         for i, other in enumerate(["bob", "carol", "dave"]):
             channel = f"dm:alice:{other}"
             for n in range(2):
-                await store.append_message(
+                op = partial(
+                    append_message,
                     sender=other,
                     ref=f"r{n}",
                     channel=channel,
@@ -135,8 +136,9 @@ async def test_channel_list_reads_no_message_records(tmp_path: Path) -> None:
                     body=BIG,
                     ts=1000 * (i + 1) + n,
                 )
+                await store.write(op, size=message_bytes(BIG))
         # Take the message records away: the listing must not need them.
-        await store.committer.write(partial(drop_messages, channels=["bob", "carol", "dave"]))
+        await store.write(partial(drop_messages, channels=["bob", "carol", "dave"]))
         assert store.channel_page("dm:alice:bob") == []
         page = store.channels("alice", limit=10)
         assert [(s.channel, s.last_msg_id, s.last_ts, s.read_msg_id) for s in page] == [
@@ -151,10 +153,10 @@ async def test_channel_list_reads_no_message_records(tmp_path: Path) -> None:
         store.close()
 
 
-def drop_messages(txn: Any, channels: list[str]) -> None:
+def drop_messages(tx: WriteTx, channels: list[str]) -> None:
     for other in channels:
         for msg_id in (1, 2):
-            assert txn.delete("messages", int_key(f"dm:alice:{other}", msg_id))
+            assert tx.message_delete(f"dm:alice:{other}", msg_id)
 
 
 async def next_ms() -> None:

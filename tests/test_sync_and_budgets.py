@@ -7,6 +7,7 @@ import json
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,10 @@ import pytest
 import trio
 
 from chatd.client import ChatClient, HttpClient
-from chatd.server import Server
+from chatd.domain.messaging_tx import append_message
 from chatd.net.websocket import MAX_INFLIGHT
-from storage import Store
+from chatd.server import Server
+from storage import Store, message_bytes
 from storage.env import Op, Txn
 from tests import wsraw
 from tests.conftest import PASSWORD, make_config, make_user, running
@@ -183,7 +185,8 @@ async def test_inbox_page_reads_entries_and_head_in_one_snapshot(tmp_path: Path)
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run)
         for i in range(3):
-            await store.append_message(
+            op = partial(
+                append_message,
                 sender="alice",
                 ref=f"r{i}",
                 channel="dm:alice:bob",
@@ -191,6 +194,7 @@ async def test_inbox_page_reads_entries_and_head_in_one_snapshot(tmp_path: Path)
                 body=f"m{i}",
                 ts=1,
             )
+            await store.write(op, size=message_bytes(f"m{i}"))
         page = store.inbox_page("bob", 0, 2)
         assert [e.seq for e in page.entries] == [1, 2] and page.head == 3
         page = store.inbox_page("bob", 3, 100)
@@ -442,10 +446,12 @@ async def test_storage_pages_are_cut_by_bytes_and_say_whether_more_lie_beyond(
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run)
         for i in range(1, 11):
-            await store.append_message(
-                sender="alice", ref=f"r{i}", channel=ch, members=["alice", "bob"],
-                body=str(i % 10) * 1000, ts=1,
+            body = str(i % 10) * 1000
+            op = partial(
+                append_message, sender="alice", ref=f"r{i}", channel=ch, members=["alice", "bob"],
+                body=body, ts=1,
             )  # fmt: skip
+            await store.write(op, size=message_bytes(body))
         record = 1030  # about one stored message: three fit in 3,500 bytes, four do not
 
         def page(**kw: Any) -> tuple[list[int], bool]:

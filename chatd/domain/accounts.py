@@ -20,7 +20,7 @@ import argon2
 import trio
 
 from chatd.config import SecurityConfig
-from chatd.domain import validate
+from chatd.domain import friends_tx, validate
 from chatd.domain.errors import BadRequest, Conflict, NotFound, Unauthorized, Unavailable
 from storage import Store
 from storage import errors as storage_errors
@@ -132,10 +132,10 @@ class Accounts:
         if other == user_id:
             raise BadRequest("you cannot befriend yourself")
         self.require_user(other)
-        return await self.store.request_friend(user_id, other)
+        return await self.store.write(lambda tx: friends_tx.request_friend(tx, user_id, other))
 
     async def remove_friend(self, user_id: str, other: str) -> None:
-        await self.store.remove_friend(user_id, other)
+        await self.store.write(lambda tx: friends_tx.remove_friend(tx, user_id, other))
 
     def friends(self, user_id: str) -> list[tuple[str, str]]:
         """(other user, state) for each friendship of ``user_id``."""

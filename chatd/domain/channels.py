@@ -51,7 +51,7 @@ def members(store: Store, channel: str) -> list[str]:
     group = store.group(channel) if GROUP_ID.fullmatch(channel) else None
     if group is None:
         raise NotFound(f"no channel {channel!r}")
-    return group["members"]  # type: ignore[no-any-return]
+    return list(group.members)
 
 
 def check_member(store: Store, channel: str, user_id: str) -> list[str]:

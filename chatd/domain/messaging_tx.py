@@ -1,0 +1,74 @@
+"""Storing a message: the send's unit of work, as one transaction function.
+
+:func:`append_message` runs inside one group-commit transaction (``Store.write`` /
+``Store.submit``): it replays the ack of a ref already sent, or stores the message, one inbox
+entry per member, the sender's read mark, the channel's last record, the ref's ack and each
+outbox hook's records, all or nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from chatd.domain.groups_tx import group_members
+from chatd.domain.memberships_tx import join, mark_read
+from chatd.domain.ports import OutboxHook
+from storage import Message, WriteTx
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """What one send stored: the sender's ack and each member's new inbox seq (none for a
+    ``duplicate``: a ref already sent, whose first ack and message these are)."""
+
+    ack: dict[str, Any]
+    message: Message
+    inbox: dict[str, int]
+    duplicate: bool
+
+
+def append_message(
+    tx: WriteTx,
+    *,
+    sender: str,
+    ref: str,
+    channel: str,
+    members: Sequence[str] | None,
+    body: str,
+    ts: int,
+    hooks: Sequence[OutboxHook] = (),
+) -> Appended:
+    """Store one message, or replay the ack of ``sender``'s ``ref`` if it was stored before.
+
+    - ``members=None`` means a group: its members are read (and the sender's membership
+      checked: NotFound, Forbidden) inside this transaction, so a concurrent add or remove is
+      wholly before or after the send.
+    - A 1:1 channel's first message makes both users members (their channel lists show it).
+    - Every member gets an inbox entry; the sender's read mark moves to the new message.
+    - Each hook's records for the message go to its outbox topic in this same transaction:
+      stored exactly when the message is, never for a duplicate.
+    """
+    ack = tx.ref_get(sender, ref)
+    if ack is not None:
+        msg = tx.message_get(ack["channel"], ack["msg_id"])
+        assert msg is not None, f"the ack of {sender}'s {ref!r} names no message"
+        return Appended(ack, msg, {}, duplicate=True)
+    if members is None:
+        members = group_members(tx, channel, sender)
+    elif tx.last_msg_id(channel) == 0:
+        for user in members:
+            join(tx, user, channel)
+    message = Message(channel, tx.next_msg_id(channel), sender, body, ts)
+    tx.message_put(message)
+    inbox = {user: tx.inbox_append(user, channel, message.msg_id) for user in members}
+    mark_read(tx, sender, channel, message.msg_id)
+    tx.channel_last_put(channel, message.msg_id, ts)
+    ack = {"channel": channel, "msg_id": message.msg_id, "ts": ts, "inbox": inbox[sender]}
+    tx.ref_put(sender, ref, ack)
+    for hook in hooks:
+        for record in hook.records(channel, message.msg_id, sender, inbox):
+            tx.outbox_append(hook.topic, record)
+    return Appended(ack, message, inbox, duplicate=False)
+
