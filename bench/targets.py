@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench import users
 from bench.procs import Proc, Procs, python
@@ -49,7 +50,6 @@ class Target:
     proc: Proc | None = None
     pid: int | None = None
     http_url: str | None = None
-    data_dir: Path | None = None
     notes: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -61,26 +61,6 @@ class Target:
         if self.http_url is None:
             return {u: u for u in user_ids}
         return users.signup_and_login(self.http_url, user_ids)
-
-    def commits(self) -> int | None:
-        """LMDB write transactions committed so far (``last_txnid``), read from the data dir.
-
-        chatd commits each group-commit batch as one top-level transaction (ops are nested
-        transactions, which take no txnid of their own), so commits between two readings give
-        the batch count, and messages / batches the mean batch size.
-        """
-        if self.data_dir is None:
-            return None
-        import lmdb
-
-        try:
-            env = lmdb.open(str(self.data_dir), readonly=True, lock=True, max_dbs=0)
-        except lmdb.Error:
-            return None
-        try:
-            return int(env.info()["last_txnid"])
-        finally:
-            env.close()
 
     def metrics(self) -> dict[str, float] | None:
         """Group-commit counters from ``/metrics`` if chatd exposes them, else None."""
@@ -99,6 +79,28 @@ class Target:
         return found or None
 
 
+#: The group-commit batch counter on chatd's ``/metrics``: one LMDB write transaction each.
+BATCHES = "chatd_commit_batches_total"
+
+
+def commit_figures(
+    before: dict[str, float] | None, after: dict[str, float] | None, acked: int, duration: float
+) -> dict[str, Any]:
+    """A window's group-commit figures from two :meth:`Target.metrics` readings: batches per
+    second (``lmdb_commits_per_s``: one synced LMDB transaction per batch), the mean batch in
+    acked messages (``mean_batch``) and the change of every commit counter. Empty when the
+    target exposes no metrics (the baselines)."""
+    if not before or not after:
+        return {}
+    out: dict[str, Any] = {"commit_metrics": {k: after[k] - before.get(k, 0) for k in after}}
+    if BATCHES in before and BATCHES in after:
+        batches = after[BATCHES] - before[BATCHES]
+        out["lmdb_commits_per_s"] = batches / duration
+        if batches > 0:
+            out["mean_batch"] = acked / batches
+    return out
+
+
 def start_chatd(procs: Procs, workdir: Path, config_text: str, tag: str) -> Target:
     config = workdir / "bench-chatd.toml"
     config.write_text(config_text)
@@ -109,7 +111,7 @@ def start_chatd(procs: Procs, workdir: Path, config_text: str, tag: str) -> Targ
     line = proc.wait_log("chatd listening on http://", timeout=60)
     url = line.split("listening on ", 1)[1].strip()
     host, port = url.removeprefix("http://").rsplit(":", 1)
-    return Target("chatd", host, int(port), proc=proc, pid=proc.pid, http_url=url, data_dir=data)
+    return Target("chatd", host, int(port), proc=proc, pid=proc.pid, http_url=url)
 
 
 def start_baseline(procs: Procs, workdir: Path, kind: str, tag: str) -> Target:

@@ -12,7 +12,7 @@ from bench.procs import CpuMeter
 from bench.profile import Recorder
 from bench.report import percentiles
 from bench.run import Run
-from bench.targets import Target
+from bench.targets import Target, commit_figures
 
 CDF_POINTS = 400
 
@@ -52,14 +52,14 @@ def window(
     sample the server with py-spy when ``profile`` names a file)."""
     fleet.tell(cmds)
     time.sleep(warmup)
-    metrics0, commits0 = target.metrics(), target.commits()
+    metrics0 = target.metrics()
     recorder = Recorder(target.pid, duration, profile) if profile and target.pid else None
     server = CpuMeter([target.pid]).start() if target.pid else None
     clients = CpuMeter(fleet.pids).start()
     time.sleep(duration)
     client_cpu = clients.stop()
     server_cpu = server.stop() if server is not None else None
-    metrics1, commits1 = target.metrics(), target.commits()
+    metrics1 = target.metrics()
     replies = fleet.collect(warmup + duration + drain + 60)
     merged = merge(replies, duration)
     merged["client_cpu_pct"] = client_cpu["cpu_pct"]
@@ -73,13 +73,8 @@ def window(
         merged["server_sys_pct"] = server_cpu["sys_pct"]
         if merged["acked"]:
             merged["server_us_per_msg"] = server_cpu["cpu_s"] / merged["acked"] * 1e6
-    if commits0 is not None and commits1 is not None:
-        # Counted over the CPU window, not the clients' window: a close estimate.
-        merged["lmdb_commits_per_s"] = (commits1 - commits0) / duration
-        if commits1 > commits0:
-            merged["mean_batch"] = merged["acked"] / (commits1 - commits0)
-    if metrics0 and metrics1:
-        merged["commit_metrics"] = {k: metrics1[k] - metrics0.get(k, 0) for k in metrics1}
+    # Counted over the CPU window, not the clients' window: a close estimate.
+    merged.update(commit_figures(metrics0, metrics1, merged["acked"], duration))
     return merged
 
 

@@ -75,4 +75,7 @@ def test_relay_smoke(tmp_path: Path) -> None:
         assert row["saturated_acked_per_s"] > 0 and row["delivered_per_s"] > 0
     (w,) = result["targets"]["chatd"]["windows"]
     assert w["errors"] == 0 and w["acked"] > 0 and w["deliver_us"]["n"] > 0
+    # Group-commit figures come from chatd's /metrics (the bench opens no LMDB file).
+    assert w["commit_metrics"]["chatd_commit_batches_total"] > 0
+    assert w["lmdb_commits_per_s"] > 0 and w["mean_batch"] >= 1
     assert set(summary["ratios"]) == {"chatd/trio", "chatd/websockets"}
