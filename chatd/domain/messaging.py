@@ -1,11 +1,11 @@
 """Messages: the send path (validate, commit, ack, fan out) and history.
 
-A send never waits inside the connection's read loop: it is validated, handed to the group
-committer with :meth:`Store.submit_message`, and the committer calls back, in commit order,
-once the message and its inbox entries are durable. The callback acks the sending device and
-delivers ``msg`` frames to every other online device of every member. Because callbacks run
-in commit order on one task, every device sees a channel in msg_id order and its inbox in seq
-order, with no per-channel lock.
+A send never waits inside the connection's read loop: it is validated, and its unit of work
+(``messaging_tx.append_message``) is handed to the group committer with :meth:`Store.submit`;
+the committer calls back, in commit order, once the message and its inbox entries are durable.
+The callback acks the sending device and delivers ``msg`` frames to every other online device
+of every member. Because callbacks run in commit order on one task, every device sees a
+channel in msg_id order and its inbox in seq order, with no per-channel lock.
 """
 
 from __future__ import annotations
