@@ -87,14 +87,14 @@ def public_urls(config: Config, port: int) -> tuple[str, str]:
 
 
 def collect(store: Store, lifecycle: Lifecycle, sessions: Sessions) -> list[Sample]:
-    """What ``GET /metrics`` reports (see docs/operations.md)."""
-    committer = store.committer
+    """What ``GET /metrics`` reports (see docs/api.md)."""
+    st = store.stats()
     return [
-        Sample("chatd_commit_batches_total", "counter", "group-commit batches", committer.batches),
-        Sample("chatd_commit_ops_total", "counter", "writes committed", committer.ops),
-        Sample(
-            "chatd_commit_queue_bytes", "gauge", "bytes waiting to commit", committer.queued_bytes
-        ),
+        Sample("chatd_commit_batches_total", "counter", "group-commit batches", st["batches"]),
+        Sample("chatd_commit_ops_total", "counter", "writes committed", st["ops"]),
+        Sample("chatd_commit_queue_bytes", "gauge", "bytes waiting to commit", st["queued_bytes"]),
+        Sample("chatd_lmdb_map_bytes", "gauge", "size of the LMDB map", st["map_size"]),
+        Sample("chatd_lmdb_used_bytes", "gauge", "bytes of the map in use", st["map_used"]),
         Sample(
             "chatd_open_connections", "gauge", "TCP connections served", lifecycle.connections.open
         ),
