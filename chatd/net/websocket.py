@@ -345,6 +345,11 @@ class Conn:
             code = close_code(exc)
             if code or not self.user_id:
                 self.close(code or 4001, exc.code)
+        except frames.ProtocolError as exc:  # the peer broke the protocol: same frame and rule
+            self.reply(exc.frame())
+            code = CLOSE_CODE.get(exc.code)
+            if code or not self.user_id:
+                self.close(code or 4001, exc.code)
         except StorageUnavailable as exc:
             self.reply(error_frame(Unavailable(str(exc))))
 

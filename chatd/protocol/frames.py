@@ -2,8 +2,12 @@
 
 Client frames arrive as JSON text frames or msgpack binary frames (whichever the client sends;
 the subprotocol only chooses what the server sends). Each is checked into a frozen dataclass;
-anything malformed raises :class:`~chatd.errors.BadRequest`, carrying the frame's ``ref`` when
-it had one, so the connection can answer with an ``error`` frame and stay open.
+anything malformed raises :class:`~chatd.protocol.errors.ProtocolError` (code ``bad_request``),
+carrying the frame's ``ref`` when it had one, so the connection can answer with an ``error``
+frame and stay open.
+
+Client frames are also *built* here (:func:`hello_frame`, :func:`send_frame`, ...), so the
+Python client and the tests write each shape once, in the same module that parses it.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from typing import Any
 
 import msgpack
 
-from chatd.domain.errors import BadRequest
+# Re-exported: the codec's error, as callers of decode/parse catch it (``frames.ProtocolError``).
+from chatd.protocol.errors import ProtocolError as ProtocolError
 
 SUBPROTOCOL_JSON = "chatd.v1.json"
 SUBPROTOCOL_MSGPACK = "chatd.v1.msgpack"
@@ -73,11 +78,11 @@ def decode(data: str | bytes) -> dict[str, Any]:
             obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
     except (ValueError, TypeError, RecursionError, msgpack.UnpackException):
         kind = "JSON" if isinstance(data, str) else "msgpack"
-        raise BadRequest(f"frame is not valid {kind}") from None
+        raise ProtocolError(f"frame is not valid {kind}") from None
     if not isinstance(obj, dict):
-        raise BadRequest("frame must be a map")
+        raise ProtocolError("frame must be a map")
     if not isinstance(obj.get("type"), str):
-        raise BadRequest("frame needs a string 'type'")
+        raise ProtocolError("frame needs a string 'type'")
     return obj
 
 
@@ -97,32 +102,32 @@ def _get(obj: dict[str, Any], name: str, kind: type, *, required: bool = True) -
     value: Any = obj.get(name)
     if value is None:
         if required:
-            raise BadRequest(f"missing field {name!r}")
+            raise ProtocolError(f"missing field {name!r}")
         return None
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise BadRequest(f"field {name!r} must be a {'string' if kind is str else 'integer'}")
+        raise ProtocolError(f"field {name!r} must be a {'string' if kind is str else 'integer'}")
     if isinstance(value, int) and not 0 <= value <= MAX_INT:
-        raise BadRequest(f"field {name!r} must be between 0 and {MAX_INT}")
+        raise ProtocolError(f"field {name!r} must be between 0 and {MAX_INT}")
     if isinstance(value, str):
         try:
             value.encode()
         except UnicodeEncodeError:  # a lone surrogate from a JSON \ud800 escape
-            raise BadRequest(f"field {name!r} is not valid Unicode") from None
+            raise ProtocolError(f"field {name!r} is not valid Unicode") from None
     return value
 
 
 def _ref_field(obj: dict[str, Any]) -> str:
     ref: str = _get(obj, "ref", str)
     if not 1 <= len(ref) <= REF_MAX:
-        raise BadRequest(f"ref must be 1 to {REF_MAX} characters")
+        raise ProtocolError(f"ref must be 1 to {REF_MAX} characters")
     return ref
 
 
 def parse(obj: dict[str, Any]) -> ClientFrame:
-    """Validate a decoded frame into its dataclass. BadRequest (with ``ref``) when malformed."""
+    """Validate a decoded frame into its dataclass. ProtocolError (with ``ref``) when malformed."""
     try:
         return _parse(obj)
-    except BadRequest as exc:
+    except ProtocolError as exc:
         exc.ref = _ref(obj)
         raise
 
@@ -134,7 +139,7 @@ def _parse(obj: dict[str, Any]) -> ClientFrame:
         to = _get(obj, "to", str, required=False)
         channel = _get(obj, "channel", str, required=False)
         if (to is None) == (channel is None):
-            raise BadRequest("send needs exactly one of 'to' or 'channel'")
+            raise ProtocolError("send needs exactly one of 'to' or 'channel'")
         return Send(ref, to, channel, _get(obj, "body", str))
     if kind == "ping":
         return Ping()
@@ -152,7 +157,65 @@ def _parse(obj: dict[str, Any]) -> ClientFrame:
         return Typing(_get(obj, "channel", str))
     if kind == "hello":
         return Hello(_get(obj, "token", str), _get(obj, "since", int, required=False))
-    raise BadRequest(f"unknown frame type {kind!r}")
+    raise ProtocolError(f"unknown frame type {kind!r}")
+
+
+# -- building frames: each shape written once (the parser above is its other half)
+
+
+def hello_frame(token: str, since: int | None = None) -> dict[str, Any]:
+    """``hello``; ``since`` (the device's cursor) asks for a replay of what follows it."""
+    frame: dict[str, Any] = {"type": "hello", "token": token}
+    if since is not None:
+        frame["since"] = since
+    return frame
+
+
+def send_frame(
+    ref: str, *, body: str, to: str | None = None, channel: str | None = None
+) -> dict[str, Any]:
+    """``send`` to a user (``to``) or a channel (``channel``); the server wants exactly one."""
+    frame: dict[str, Any] = {"type": "send", "ref": ref, "body": body}
+    if to is not None:
+        frame["to"] = to
+    if channel is not None:
+        frame["channel"] = channel
+    return frame
+
+
+def history_frame(
+    ref: str, channel: str, *, before: int | None = None, limit: int | None = None
+) -> dict[str, Any]:
+    """``history``: the page of ``channel`` before ``before`` (the newest without it)."""
+    frame: dict[str, Any] = {"type": "history", "ref": ref, "channel": channel}
+    if before is not None:
+        frame["before"] = before
+    if limit is not None:
+        frame["limit"] = limit
+    return frame
+
+
+def read_frame(channel: str, msg_id: int) -> dict[str, Any]:
+    """``read``: the read mark of ``channel`` moves to ``msg_id``."""
+    return {"type": "read", "channel": channel, "msg_id": msg_id}
+
+
+def typing_frame(channel: str) -> dict[str, Any]:
+    return {"type": "typing", "channel": channel}
+
+
+def ping_frame() -> dict[str, Any]:
+    return {"type": "ping"}
+
+
+def welcome_frame(user_id: str, device_id: str, inbox_head: int) -> dict[str, Any]:
+    """The server's answer to an accepted ``hello``."""
+    return {"type": "welcome", "user_id": user_id, "device_id": device_id, "inbox_head": inbox_head}
+
+
+def synced_frame(head: int) -> dict[str, Any]:
+    """The end of a replay: every inbox entry up to ``head`` has been sent."""
+    return {"type": "synced", "head": head}
 
 
 def encode(frame: dict[str, Any], binary: bool) -> bytes:
@@ -177,23 +240,3 @@ def ws_frame(payload: bytes, opcode: int) -> bytes:
     else:
         header = struct.pack("!BBQ", 0x80 | opcode, 127, n)
     return header + payload
-
-
-class Encoded:
-    """One server frame, encoded lazily at most once per subprotocol (for fan-out)."""
-
-    __slots__ = ("frame", "_json", "_msgpack")
-
-    def __init__(self, frame: dict[str, Any]) -> None:
-        self.frame = frame
-        self._json: bytes | None = None
-        self._msgpack: bytes | None = None
-
-    def get(self, binary: bool) -> bytes:
-        if binary:
-            if self._msgpack is None:
-                self._msgpack = encode(self.frame, True)
-            return self._msgpack
-        if self._json is None:
-            self._json = encode(self.frame, False)
-        return self._json
