@@ -49,6 +49,7 @@ from trio_websocket import (
 )
 
 from chatd.client.http import HttpClient
+from chatd.protocol import frames
 
 RECONNECT_CODES = {1001, 1006, 1008, 1011, 1012, 1013}
 #: close codes that end a session with an error code, as the refusal's error frame would
@@ -174,11 +175,7 @@ class Session:
         ref: str | None = None,
     ) -> dict[str, Any]:
         """Send a message and return its ack (durable on the server). Raises ChatError."""
-        frame: dict[str, Any] = {"type": "send", "ref": ref or secrets.token_hex(8), "body": body}
-        if to is not None:
-            frame["to"] = to
-        if channel is not None:
-            frame["channel"] = channel
+        frame = frames.send_frame(ref or secrets.token_hex(8), to=to, channel=channel, body=body)
         return await self._request(frame)
 
     async def history(
@@ -211,16 +208,12 @@ class Session:
             before = page[0]["msg_id"]
 
     async def _history(self, channel: str, before: int | None, limit: int | None) -> dict[str, Any]:
-        frame: dict[str, Any] = {"type": "history", "ref": secrets.token_hex(8), "channel": channel}
-        if before is not None:
-            frame["before"] = before
-        if limit is not None:
-            frame["limit"] = limit
+        frame = frames.history_frame(secrets.token_hex(8), channel, before=before, limit=limit)
         return await self._request(frame)
 
     async def ping(self) -> None:
         self._pong = trio.Event()
-        await self.send_frame({"type": "ping"})
+        await self.send_frame(frames.ping_frame())
         await self._pong.wait()
         self._raise_if_over()
 
@@ -307,9 +300,8 @@ class Session:
             message_queue_size=1024,
             max_message_size=1 << 21,
         )
-        hello: dict[str, Any] = {"type": "hello", "token": self.client.token}
-        if self.cursor is not None:
-            hello["since"] = self.cursor
+        assert self.client.token is not None  # session() logs in first
+        hello = frames.hello_frame(self.client.token, self.cursor)
         self._ws = ws
         self._up = trio.Event()
         self._up.set()
@@ -377,7 +369,7 @@ class Session:
             await trio.sleep(interval)
             if self._up.is_set() and self._ended is None:
                 try:
-                    await self.send_frame({"type": "ping"})
+                    await self.send_frame(frames.ping_frame())
                 except ConnectionClosed:
                     pass  # _keep reconnects (or the session is over: the loop ends)
                 except ChatError:
