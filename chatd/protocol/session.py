@@ -22,11 +22,13 @@ The sync rules that make delivery exactly-once (docs/protocol.md "Sync") live he
 else. ``last_seq`` is the highest inbox seq the device has been sent or already had:
 
 - hello without ``since``: ``last_seq`` is the inbox head read for the ``welcome``.
-- hello with ``since``: ``last_seq`` starts at ``since``. While SYNCING, live deliveries are
+- hello with ``since``: ``last_seq`` starts at ``since`` (at the welcome's inbox head if
+  ``since`` is past it: see :meth:`Session.accept_hello`). While SYNCING, live deliveries are
   refused (:meth:`Session.offer` is False): they are committed, so the replay reads them.
   :meth:`Session.replayed` records each entry the replay wrote, in ascending order.
   :meth:`Session.synced` goes live with ``synced.head`` = ``last_seq``: the last seq actually
-  replayed (or ``since``), never a head read separately, which could name a seq no one sent.
+  replayed (or where the replay started), never a head read separately, which could name a
+  seq no one sent.
   The shell calls it in the same event-loop step as the replay's read that came back empty, so
   a commit after that read is delivered live.
 - LIVE: a delivery is written only if its seq is above ``last_seq``, which then moves to it, so
@@ -166,11 +168,20 @@ class Session:
         Without ``since`` the device is live at once from ``inbox_head``; with it, the shell
         replays the inbox after ``Welcome.replay_from`` (reporting each entry to
         :meth:`replayed`) and then calls :meth:`synced`.
+
+        A ``since`` past ``inbox_head`` names entries this inbox never had (a client bug, or a
+        server restored from an older backup): the replay then starts at ``inbox_head``, so the
+        entries committed from now on are not taken for ones the device has, and
+        ``synced.head`` below its ``since`` tells the device where the inbox really is.
         """
         self._move(Input.HELLO if hello.since is None else Input.HELLO_SINCE)
         self.user_id, self.device_id = user_id, device_id
-        self.last_seq = inbox_head if hello.since is None else hello.since
-        return Welcome(welcome_frame(user_id, device_id, inbox_head), hello.since)
+        frame = welcome_frame(user_id, device_id, inbox_head)
+        if hello.since is None:
+            self.last_seq = inbox_head
+            return Welcome(frame, None)
+        self.last_seq = min(hello.since, inbox_head)
+        return Welcome(frame, self.last_seq)
 
     # -- sync
     def replayed(self, seq: int) -> None:
@@ -184,7 +195,7 @@ class Session:
 
     def synced(self) -> dict[str, Any]:
         """The replay's last read found nothing more: go live. Returns the ``synced`` frame,
-        whose ``head`` is the last seq replayed (or ``since`` if there was none)."""
+        whose ``head`` is the last seq replayed (or ``replay_from`` if there was none)."""
         self._move(Input.SYNCED)
         return synced_frame(self.last_seq)
 

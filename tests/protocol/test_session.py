@@ -170,7 +170,7 @@ def test_hello_without_since_is_live_from_the_head() -> None:
     assert not session.offer(42) and session.offer(43)
 
 
-@pytest.mark.parametrize("since", [0, 3, 42, 50])
+@pytest.mark.parametrize("since", [0, 3, 41, 42])
 def test_hello_with_since_replays_from_it(since: int) -> None:
     session = Session()
     got = welcome(session, frames.Hello("t", since), head=42)
@@ -180,6 +180,25 @@ def test_hello_with_since_replays_from_it(since: int) -> None:
     # ``synced.head`` is ``since`` when nothing was replayed, never the head of the welcome.
     assert session.synced() == {"type": "synced", "head": since}
     assert session.state is State.LIVE
+
+
+@pytest.mark.parametrize("since", [43, 1000])
+def test_a_since_past_the_inbox_head_replays_from_the_head(since: int) -> None:
+    """Entries committed after the welcome are not taken for ones the device has (it cannot
+    have them), and ``synced.head`` below ``since`` shows the device where the inbox is."""
+    session = Session()
+    got = welcome(session, frames.Hello("t", since), head=42)
+    assert got.replay_from == 42 and session.last_seq == 42
+    assert not session.offer(43)  # syncing: the replay reads it
+    session.replayed(43)
+    assert session.synced() == {"type": "synced", "head": 43}
+    assert session.offer(44)
+
+
+def test_a_since_past_an_empty_inbox_syncs_at_zero() -> None:
+    session = Session()
+    welcome(session, frames.Hello("t", 5), head=0)
+    assert session.synced() == {"type": "synced", "head": 0}
 
 
 def test_a_second_accept_hello_is_a_session_error() -> None:
