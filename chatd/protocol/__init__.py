@@ -1,1 +1,2 @@
-"""The sans-IO protocol core: frame codecs and client-frame validation. No trio, no sockets."""
+"""The sans-IO protocol core: the frame codec (``frames``), the per-device session state
+machine (``session``) and their errors (``errors``). No trio, no sockets, no clock."""
