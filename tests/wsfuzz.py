@@ -17,7 +17,6 @@ from typing import Any
 import msgpack
 from hypothesis import strategies as st
 
-from chatd.domain.errors import BadRequest
 from chatd.protocol import frames as protocol
 from tests.wsraw import client_frame as frame
 
@@ -131,11 +130,11 @@ def to_json(value: Any) -> Any:
 def must_fail(payload: str | bytes, authenticated: bool) -> bool:
     """Whether the server must answer this message with an error frame (it cannot be valid).
 
-    The pure parser decides; any exception but BadRequest from it is a bug in its own right.
+    The pure parser decides; any exception but ProtocolError from it is a bug in its own right.
     """
     try:
         parsed = protocol.parse(protocol.decode(payload))
-    except BadRequest:
+    except protocol.ProtocolError:
         return True
     return authenticated and isinstance(parsed, protocol.Hello)
 
