@@ -18,6 +18,7 @@ import trio
 from chatd.client import ChatClient, HttpClient
 from chatd.domain.messaging_tx import append_message
 from chatd.net.websocket import MAX_INFLIGHT
+from chatd.protocol.session import State
 from chatd.server import Server
 from storage import Store, message_bytes
 from storage.env import Op, Txn
@@ -148,7 +149,7 @@ async def test_sync_is_exactly_once_when_a_batch_commits_between_reads(
     store = server.app.store
 
     def bob_syncing() -> bool:
-        return any(c.syncing for c in server.app.sessions.devices("bob"))
+        return any(c.session.state is State.SYNCING for c in server.app.sessions.devices("bob"))
 
     async with alice.session(heartbeat=None) as a, trio.open_nursery() as nursery:
         for i in range(backlog):
@@ -291,11 +292,11 @@ async def test_reads_count_as_in_flight_until_committed(server: Server) -> None:
         with trio.fail_after(10):
             while conn.acks_waiter is None:  # noqa: ASYNC110 (server state with no event)
                 await trio.sleep(0.01)
-        assert conn.inflight >= MAX_INFLIGHT
+        assert conn.session.inflight >= MAX_INFLIGHT
         await gate.held()
         gate.release()
         assert [f["type"] for f in await round_trip(ann)] == []
-    assert conn.inflight == 0
+    assert conn.session.inflight == 0
     async with HttpClient(server.url, token=token) as http:
         listing = await http.call("GET", "/v1/channels")
     (row,) = [c for c in listing["channels"] if c["channel_id"] == channel]

@@ -15,8 +15,8 @@ import trio
 import trio.testing
 
 from chatd.client import HttpClient
-from chatd.server import Server
 from chatd.net.websocket import MAX_FRAGMENTS, Conn
+from chatd.server import Server
 from tests import wsraw
 from tests.conftest import make_config, make_user, running
 from tests.test_ws_errors import hello, still_open, wait_for

@@ -11,6 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 from chatd.domain.errors import ChatError
+from chatd.protocol.errors import ProtocolError
+
+#: What the transport answers: a domain error, or the protocol core's (the peer's) error.
+Coded = ChatError | ProtocolError
 
 HTTP_STATUS: dict[str, int] = {
     "bad_request": 400,
@@ -42,31 +46,34 @@ def retry_after_ms(seconds: float) -> int:
     return max(1, int(seconds * 1000 + 0.999))
 
 
-def http_status(exc: ChatError) -> int:
+def http_status(exc: Coded) -> int:
     status = getattr(exc, "status", None)
     return status if isinstance(status, int) else HTTP_STATUS.get(exc.code, 400)
 
 
-def error_body(exc: ChatError) -> dict[str, Any]:
+def error_body(exc: Coded) -> dict[str, Any]:
     """The JSON body of an HTTP error response."""
     out: dict[str, Any] = {"error": exc.code, "message": exc.message}
-    if exc.retry_after is not None:
-        out["retry_after"] = retry_after_ms(exc.retry_after)
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        out["retry_after"] = retry_after_ms(retry_after)
     return out
 
 
-def error_frame(exc: ChatError) -> dict[str, Any]:
+def error_frame(exc: Coded) -> dict[str, Any]:
     """The WebSocket ``error`` frame for ``exc``."""
     out: dict[str, Any] = {"type": "error", "code": exc.code, "message": exc.message}
     if exc.ref is not None:
         out["ref"] = exc.ref
-    if exc.retry_after is not None:
-        out["retry_after"] = retry_after_ms(exc.retry_after)
-    if exc.ws_url is not None:
-        out["ws_url"] = exc.ws_url
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        out["retry_after"] = retry_after_ms(retry_after)
+    ws_url = getattr(exc, "ws_url", None)
+    if ws_url is not None:
+        out["ws_url"] = ws_url
     return out
 
 
-def close_code(exc: ChatError) -> int | None:
+def close_code(exc: Coded) -> int | None:
     """The close code to send after ``exc``'s error frame, or None to stay open."""
     return CLOSE_CODE.get(exc.code)

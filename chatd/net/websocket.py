@@ -35,7 +35,6 @@ from chatd.domain.errors import (
     BadRequest,
     ChatError,
     TooManySessions,
-    Unauthorized,
     Unavailable,
     WrongShard,
 )
@@ -49,6 +48,8 @@ from chatd.net.errormap import CLOSE_CODE, close_code, error_frame
 from chatd.net.heartbeat import Heartbeats
 from chatd.net.lifecycle import Lifecycle
 from chatd.protocol import frames
+from chatd.protocol.errors import ProtocolError
+from chatd.protocol.session import Session
 from storage import StorageUnavailable, Store
 
 log = logging.getLogger("chatd.ws")
@@ -90,8 +91,6 @@ class Conn:
         "sock",
         "ws",
         "binary",
-        "user_id",
-        "device_id",
         "token_digest",
         "scope",
         "out",
@@ -104,12 +103,10 @@ class Conn:
         "close_reason",
         "dead",
         "partial",
-        "last_seq",
-        "syncing",
+        "session",
         "replay_from",
         "heard_at",
         "timed_out",
-        "inflight",
         "acks_waiter",
         "wheel_slot",
         "peer",
@@ -127,8 +124,7 @@ class Conn:
         # per connection; an empty tuple answers the same "while self._events" check.
         self.ws._events = ()  # type: ignore[assignment]
         self.binary = binary
-        self.user_id = ""
-        self.device_id = ""
+        self.session = Session(MAX_INFLIGHT)  # the protocol state: chatd/protocol/session.py
         self.token_digest = b""
         self.scope: trio.CancelScope | None = None
         self.out: list[bytes] | None = None  # pending output, allocated only when needed
@@ -141,12 +137,9 @@ class Conn:
         self.close_reason = ""
         self.dead = False
         self.partial: _Partial | None = None  # a message still arriving in pieces
-        self.last_seq = 0
-        self.syncing = False
-        self.replay_from: int | None = None
+        self.replay_from: int | None = None  # set by hello's since: the read loop replays
         self.heard_at = 0.0
         self.timed_out = False
-        self.inflight = 0  # sends handed to the committer and not yet acked
         self.acks_waiter: trio.Event | None = None
         #: the presence wheel slot this device waits in (chatd/presence.py), for O(1) removal
         self.wheel_slot: set[Conn] | None = None
@@ -198,6 +191,7 @@ class Conn:
                 self.peer or "unknown peer",
                 self.user_id or "not authenticated",
             )
+        self.session.close()
         self.closing = True
         self.close_code, self.close_reason = 1011, "internal error"
         if self.scope is not None:
@@ -211,8 +205,14 @@ class Conn:
         self.scope = None
         del self.ws  # nothing reads it once the socket is closed
 
+    @property
+    def user_id(self) -> str:
+        """The authenticated user ("" before hello)."""
+        return self.session.user_id
+
     def close(self, code: int, reason: str = "") -> None:
         """Ask the connection to close with ``code``; safe from any task, any number of times."""
+        self.session.close()
         if not self.closing:
             self.closing = True
             self.close_code, self.close_reason = code, reason
@@ -248,7 +248,7 @@ class Conn:
         while not self.closing:
             if self.replay_from is not None:
                 await self._replay()
-            elif self.inflight >= MAX_INFLIGHT:
+            elif self.session.paused:
                 # Backpressure: stop reading until acks come back, so a fast sender fills
                 # its own TCP window instead of the commit queue.
                 self.acks_waiter = trio.Event()
@@ -334,20 +334,14 @@ class Conn:
     def _on_frame(self, data: str | bytes) -> None:
         try:
             frame = frames.parse(frames.decode(data))
-            if not self.user_id:
-                if not isinstance(frame, frames.Hello):
-                    raise Unauthorized("the first frame must be hello")
+            self.session.check(frame)  # hello first, and only once
+            if isinstance(frame, frames.Hello):
                 self._hello(frame)
             else:
                 self._dispatch(frame)
-        except ChatError as exc:
+        except (ChatError, ProtocolError) as exc:  # the domain refused, or the peer erred
             self.reply(error_frame(exc))
             code = close_code(exc)
-            if code or not self.user_id:
-                self.close(code or 4001, exc.code)
-        except frames.ProtocolError as exc:  # the peer broke the protocol: same frame and rule
-            self.reply(exc.frame())
-            code = CLOSE_CODE.get(exc.code)
             if code or not self.user_id:
                 self.close(code or 4001, exc.code)
         except StorageUnavailable as exc:
@@ -356,11 +350,11 @@ class Conn:
     def _dispatch(self, frame: frames.ClientFrame) -> None:
         srv = self.srv
         if isinstance(frame, frames.Send):
-            self.inflight += 1  # until finished(): the domain promises one call
+            self.session.started()  # until finished(): the domain promises one call
             try:
                 srv.messenger.send(self, frame.ref, frame.body, to=frame.to, channel=frame.channel)
             except BaseException:
-                self.inflight -= 1
+                self.session.finished()  # refused at once: nothing in flight after all
                 raise
         elif isinstance(frame, frames.Ping):
             self.reply({"type": "pong"})
@@ -370,16 +364,14 @@ class Conn:
             )
             self.reply(page)
         elif isinstance(frame, frames.Read):
-            self.inflight += 1
+            self.session.started()
             try:
                 srv.receipts.read(self, frame.channel, frame.msg_id)
             except BaseException:
-                self.inflight -= 1
+                self.session.finished()
                 raise
         elif isinstance(frame, frames.Typing):
             srv.receipts.typing(self, frame.channel)
-        else:
-            raise BadRequest("already authenticated")
 
     def _hello(self, hello: frames.Hello) -> None:
         srv = self.srv
@@ -390,8 +382,10 @@ class Conn:
         cap = srv.config.limits.max_sessions_per_user
         if srv.sessions.count(user) >= cap:
             raise TooManySessions(f"at most {cap} sessions per user")
-        self.user_id = user
-        self.device_id = f"{_device_prefix}{next(_device_ids):x}"
+        device_id = f"{_device_prefix}{next(_device_ids):x}"
+        welcome = self.session.accept_hello(
+            hello, user_id=user, device_id=device_id, inbox_head=srv.store.inbox_head(user)
+        )
         self.token_digest = token_digest(hello.token)
         assert self.scope is not None
         # From now on the read loop's deadline is the token's expiry (wall-clock ms turned into
@@ -400,25 +394,20 @@ class Conn:
         srv.sessions.add(self)
         srv.heartbeats.watch(self)
         srv.presence.connected(self)
-        head = srv.store.inbox_head(user)
-        self.reply(
-            {"type": "welcome", "user_id": user, "device_id": self.device_id, "inbox_head": head}
-        )
-        if hello.since is None:
-            self.last_seq = head
+        self.reply(welcome.frame)
+        if welcome.replay_from is None:
             srv.presence.snapshot(self)
         else:
-            self.syncing = True
-            self.replay_from = hello.since
+            self.replay_from = welcome.replay_from
 
     async def _replay(self) -> None:
         """Send inbox entries > since, then ``synced``; see docs/protocol.md "Sync".
 
-        Live deliveries are dropped while ``syncing`` (they are in the inbox and the next read
-        finds them). The last, empty read and the switch to live happen with no checkpoint in
-        between, and that read's head comes from the same snapshot: a batch committed after it
-        is delivered live (its hook runs later), one committed before it was replayed, and
-        ``last_seq`` drops any live frame whose commit was already read here.
+        The session (``chatd/protocol/session.py``) refuses live deliveries while it is
+        SYNCING (they are in the inbox and the next read finds them) and records each replayed
+        seq. The last, empty read and the switch to live happen with no checkpoint in between:
+        a batch committed after that read is delivered live (its hook runs later), one
+        committed before it was replayed, and ``synced.head`` is the last seq replayed.
         """
         store, user = self.srv.store, self.user_id
         budget = self.srv.messenger.reply_bytes
@@ -432,6 +421,7 @@ class Conn:
             if not page.entries:
                 break
             for entry in page.entries:
+                self.session.replayed(entry.seq)
                 data = frames.encode(inbox_frame(entry), self.binary)
                 if self.out_bytes and self.out_bytes + len(data) > high_water:
                     # Let the socket take what is queued before this frame could push the
@@ -444,9 +434,7 @@ class Conn:
             await trio.lowlevel.checkpoint()
             if self.closing:
                 return
-        self.last_seq = page.head
-        self.syncing = False
-        self.reply({"type": "synced", "head": page.head})
+        self.reply(self.session.synced())
         self.srv.presence.snapshot(self)
 
     # -- the DeviceSink port (chatd/domain/ports.py)
@@ -457,12 +445,12 @@ class Conn:
     def finished(self, answer: dict[str, Any] | ChatError | None) -> None:
         """One of this connection's sends or reads is done: answer it, and resume reading if
         backpressure paused it."""
-        self.inflight -= 1
+        resume = self.session.finished()
         if isinstance(answer, ChatError):
             self.reply(error_frame(answer))
         elif answer is not None:
             self.reply(answer)
-        if self.acks_waiter is not None and self.inflight < MAX_INFLIGHT // 2:
+        if self.acks_waiter is not None and resume:
             self.acks_waiter.set()
 
     def notify(self, frame: Shared) -> None:
@@ -472,10 +460,8 @@ class Conn:
 
     def deliver(self, seq: int, frame: Shared) -> None:
         """A live ``msg`` for inbox ``seq``: dropped while replaying or if already sent."""
-        if self.syncing or seq <= self.last_seq or self.closing:
-            return
-        self.last_seq = seq
-        self._write(self._encoded(frame))
+        if not self.closing and self.session.offer(seq):
+            self._write(self._encoded(frame))
 
     def end(self, code: str, message: str) -> None:
         """Sign the device out with domain error ``code``: the error frame, then the close code
