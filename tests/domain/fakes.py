@@ -65,9 +65,9 @@ class RecordingHook:
 
 
 @asynccontextmanager
-async def open_store(path: Path) -> AsyncIterator[Store]:
+async def open_store(path: Path, *, sync: bool = True) -> AsyncIterator[Store]:
     """A real Store in ``path`` with its committer running until the block ends."""
-    store = Store(str(path))
+    store = Store(str(path), sync=sync)
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run)
         try:

@@ -14,26 +14,21 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-import trio
 
 from chatd.domain import friends_tx, groups_tx
 from chatd.domain.errors import BadRequest, Conflict, Forbidden, NotFound
 from chatd.domain.memberships_tx import mark_read
 from chatd.domain.messaging_tx import Appended, append_message
 from storage import Group, Membership, Store, WriteTx, message_bytes
+from tests.domain.fakes import open_store
 
 DM = "dm:alice:bob"
 
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    store = Store(str(tmp_path / "db"), sync=False)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(store.run)
-        try:
-            yield store
-        finally:
-            store.close()
+    async with open_store(tmp_path / "db", sync=False) as store:
+        yield store
 
 
 @dataclass
