@@ -15,7 +15,8 @@ import trio
 import trio.testing
 
 from chatd.client import HttpClient
-from chatd.net.websocket import MAX_FRAGMENTS, Conn
+from chatd.net.reassembly import MAX_FRAGMENTS
+from chatd.net.websocket import Conn
 from chatd.server import Server
 from tests import wsraw
 from tests.conftest import make_config, make_user, running

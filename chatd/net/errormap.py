@@ -12,6 +12,7 @@ from typing import Any
 
 from chatd.domain.errors import ChatError
 from chatd.protocol.errors import ProtocolError
+from chatd.protocol.errors import error_frame as protocol_error_frame
 
 #: What the transport answers: a domain error, or the protocol core's (the peer's) error.
 Coded = ChatError | ProtocolError
@@ -62,16 +63,14 @@ def error_body(exc: Coded) -> dict[str, Any]:
 
 def error_frame(exc: Coded) -> dict[str, Any]:
     """The WebSocket ``error`` frame for ``exc``."""
-    out: dict[str, Any] = {"type": "error", "code": exc.code, "message": exc.message}
-    if exc.ref is not None:
-        out["ref"] = exc.ref
     retry_after = getattr(exc, "retry_after", None)
-    if retry_after is not None:
-        out["retry_after"] = retry_after_ms(retry_after)
-    ws_url = getattr(exc, "ws_url", None)
-    if ws_url is not None:
-        out["ws_url"] = ws_url
-    return out
+    return protocol_error_frame(
+        exc.code,
+        exc.message,
+        ref=exc.ref,
+        retry_after=None if retry_after is None else retry_after_ms(retry_after),
+        ws_url=getattr(exc, "ws_url", None),
+    )
 
 
 def close_code(exc: Coded) -> int | None:

@@ -1,13 +1,13 @@
-"""WebSocket connections: the per-connection IO shell (after chatd/handshake.py's 101).
+"""WebSocket connections: the per-connection IO shell (after chatd/net/handshake.py's 101).
 
 Density is the design goal. Each connection is one task, a non-blocking socket, a frame-level
 ``wsproto.connection.Connection`` (the HTTP handshake was done by h11 and dropped) and one
-:class:`Conn` with ``__slots__``. There is no writer task while a connection keeps up: frames for
-it are written straight to the socket by whichever task produced them (its own reader, or the
-commit hook fanning a message out). Only when the kernel buffer is full does a flusher task wait
-for writability; bytes wait in a buffer bounded by ``limits.outbound_queue_bytes``, and a device
-that lets it overflow is closed with 1008 (it resyncs with ``since``). Reads are processed in
-batches: replies produced while handling one ``recv`` are written with one ``send``.
+:class:`Conn` with ``__slots__``. Writing (no writer task while the peer keeps up, a bounded
+buffer, a flusher only when the kernel's is full) is ``chatd/net/outbound.py``; messages that
+arrive in pieces are put together by ``chatd/net/reassembly.py``; the protocol state (hello,
+sync, in-flight count) is the pure session machine of ``chatd/protocol/session.py``. Reads are
+processed in batches: replies produced while handling one ``recv`` are written with one
+``send``.
 
 A connection is the domain's :class:`~chatd.domain.ports.DeviceSink`: the domain hands it
 frames (``deliver``, ``notify``, ``reply``, ``finished``) and never sees a socket. Frames shared
@@ -43,12 +43,15 @@ from chatd.domain.ports import Router, Shared
 from chatd.domain.presence import Presence
 from chatd.domain.receipts import Receipts
 from chatd.domain.sessions import Sessions
+from chatd.net import reassembly
 from chatd.net import sockets as net
 from chatd.net.errormap import CLOSE_CODE, close_code, error_frame
 from chatd.net.heartbeat import Heartbeats
 from chatd.net.lifecycle import Lifecycle
+from chatd.net.outbound import Outbound
 from chatd.protocol import frames
 from chatd.protocol.errors import ProtocolError
+from chatd.protocol.errors import error_frame as protocol_error_frame
 from chatd.protocol.session import Session
 from storage import StorageUnavailable, Store
 
@@ -57,51 +60,23 @@ REPLAY_CHUNK = 100
 REPLAY_HIGH_WATER = 256 * 1024  # a replay waits for the socket before queueing more than this
 CLOSE_FLUSH_TIMEOUT = 2.0
 MAX_INFLIGHT = 256  # un-acked sends per connection before it stops reading
-MAX_FRAGMENTS = 1024  # frames one message may come in (close 1009 beyond)
 
 _device_prefix = secrets.token_hex(2)
 _device_ids = itertools.count(1)
 
 
-def _byte_size(data: str | bytes) -> int:
-    """The size of a message piece on the wire (text as UTF-8)."""
-    if isinstance(data, bytes) or data.isascii():
-        return len(data)
-    return len(data.encode())
-
-
-class _Partial:
-    """A data message still arriving: its bytes so far (text as UTF-8) and its frame count.
-
-    Allocated only while a message is incomplete, so an idle connection pays one empty slot.
-    """
-
-    __slots__ = ("data", "frames")
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.frames = 0
-
-
-class Conn:
-    """One WebSocket connection (one device once authenticated)."""
+class Conn(Outbound):
+    """One WebSocket connection (one device once authenticated). The writing half, with its
+    bounded buffer and flusher, is :class:`~chatd.net.outbound.Outbound`."""
 
     __slots__ = (
         "srv",
-        "sock",
         "ws",
-        "binary",
         "token_digest",
         "scope",
-        "out",
-        "out_bytes",
-        "corked",
-        "flushing",
-        "drained",
         "closing",
         "close_code",
         "close_reason",
-        "dead",
         "partial",
         "session",
         "replay_from",
@@ -115,33 +90,26 @@ class Conn:
     def __init__(
         self, srv: WsServer, sock: socket.socket, binary: bool, trailing: bytes, peer: str = ""
     ) -> None:
+        super().__init__(sock, binary)
         self.srv = srv
-        self.sock = sock
         self.peer = peer  # the client's address (the HTTP connection's string), for logs
         self.ws = Connection(ConnectionType.SERVER, trailing_data=trailing)
         # wsproto queues events in a deque only for receive_data(None), which chatd never
         # calls (end of stream ends the read loop instead). An empty deque costs ~760 bytes
         # per connection; an empty tuple answers the same "while self._events" check.
         self.ws._events = ()  # type: ignore[assignment]
-        self.binary = binary
         self.session = Session(MAX_INFLIGHT)  # the protocol state: chatd/protocol/session.py
         self.token_digest = b""
         self.scope: trio.CancelScope | None = None
-        self.out: list[bytes] | None = None  # pending output, allocated only when needed
-        self.out_bytes = 0
-        self.corked = False
-        self.flushing = False
-        self.drained: trio.Event | None = None
         self.closing = False
         self.close_code = 0
         self.close_reason = ""
-        self.dead = False
-        self.partial: _Partial | None = None  # a message still arriving in pieces
+        self.partial: reassembly.Partial | None = None  # a message still arriving in pieces
         self.replay_from: int | None = None  # set by hello's since: the read loop replays
         self.heard_at = 0.0
         self.timed_out = False
         self.acks_waiter: trio.Event | None = None
-        #: the presence wheel slot this device waits in (chatd/presence.py), for O(1) removal
+        #: the heartbeat wheel slot this device waits in (chatd/net/heartbeat.py): O(1) removal
         self.wheel_slot: set[Conn] | None = None
 
     # -- lifecycle
@@ -297,39 +265,19 @@ class Conn:
             self._write(self.ws.send(event.response()))
         elif isinstance(event, CloseConnection):
             self._write(self.ws.send(event.response()))
+            self.session.close()
             self.closing = True
 
     def _on_message(self, event: Message[Any], max_frame: int) -> None:
-        """One piece of a data message: a whole frame, or the part of one that has arrived.
-
-        Sizes count bytes (text as UTF-8), not characters. The pieces of an incomplete message
-        go into one bytearray, so each piece costs O(its size) however many there are, and the
-        message holds no more memory than its bytes; at most ``MAX_FRAGMENTS`` frames each.
-        """
-        data = event.data
-        partial = self.partial
-        if partial is None and event.message_finished:  # the usual case: handed over as is
-            # At most 4 bytes per character: short text needs no encoding to be measured.
-            if len(data) > max_frame // 4 and _byte_size(data) > max_frame:
-                self.close(1009, f"message over {max_frame} bytes")
-            else:
-                self._on_frame(data)
+        """One piece of a data message (see ``chatd/net/reassembly.py``): handle it once whole."""
+        try:
+            self.partial, data = reassembly.feed(self.partial, event, max_frame)
+        except reassembly.TooBig as exc:
+            self.partial = None
+            self.close(1009, str(exc))
             return
-        if partial is None:
-            partial = self.partial = _Partial()
-        partial.data += data.encode() if isinstance(data, str) else data
-        partial.frames += event.frame_finished
-        if len(partial.data) > max_frame:
-            self.partial = None
-            self.close(1009, f"message over {max_frame} bytes")
-        elif not event.message_finished:
-            if partial.frames >= MAX_FRAGMENTS:
-                self.partial = None
-                self.close(1009, f"message in over {MAX_FRAGMENTS} frames")
-        else:
-            self.partial = None
-            # wsproto validated the UTF-8 of a text message already.
-            self._on_frame(partial.data.decode() if isinstance(data, str) else bytes(partial.data))
+        if data is not None:
+            self._on_frame(data)
 
     def _on_frame(self, data: str | bytes) -> None:
         try:
@@ -437,10 +385,13 @@ class Conn:
         self.reply(self.session.synced())
         self.srv.presence.snapshot(self)
 
-    # -- the DeviceSink port (chatd/domain/ports.py)
-    def reply(self, frame: dict[str, Any]) -> None:
-        """A frame for this device alone (an answer, a snapshot, an error)."""
-        self._write(frames.encode(frame, self.binary))
+    # -- the DeviceSink port (chatd/domain/ports.py); reply and notify come with Outbound
+    @property
+    def out_cap(self) -> int:
+        return self.srv.out_cap
+
+    def spawn_flusher(self) -> None:
+        self.srv.nursery.start_soon(self._flusher)
 
     def finished(self, answer: dict[str, Any] | ChatError | None) -> None:
         """One of this connection's sends or reads is done: answer it, and resume reading if
@@ -453,11 +404,6 @@ class Conn:
         if self.acks_waiter is not None and resume:
             self.acks_waiter.set()
 
-    def notify(self, frame: Shared) -> None:
-        """A frame shared with other devices (encoded once per subprotocol)."""
-        if not self.closing:
-            self._write(self._encoded(frame))
-
     def deliver(self, seq: int, frame: Shared) -> None:
         """A live ``msg`` for inbox ``seq``: dropped while replaying or if already sent."""
         if not self.closing and self.session.offer(seq):
@@ -466,98 +412,8 @@ class Conn:
     def end(self, code: str, message: str) -> None:
         """Sign the device out with domain error ``code``: the error frame, then the close code
         the transport's table gives it (1008 if none)."""
-        self.reply({"type": "error", "code": code, "message": message})
+        self.reply(protocol_error_frame(code, message))
         self.close(CLOSE_CODE.get(code, 1008), message)
-
-    def _encoded(self, shared: Shared) -> bytes:
-        cache = shared.cache
-        if cache is None:
-            cache = shared.cache = {}
-        data = cache.get(self.binary)
-        if data is None:
-            data = cache[self.binary] = frames.encode(shared.frame, self.binary)
-        return data
-
-    def _write(self, data: bytes) -> None:
-        if self.dead:
-            return
-        if self.corked or self.out is not None:
-            if self.out is None:
-                self.out = []
-            self.out.append(data)
-            self.out_bytes += len(data)
-            if self.out_bytes > self.srv.out_cap and not self.closing:
-                self.close(1008, "outbound queue overflow")
-            elif not self.corked and not self.flushing:
-                self._start_flusher()
-            return
-        self._send_now(data)
-
-    def _uncork(self) -> None:
-        self.corked = False
-        if self.out is not None and not self.flushing:
-            data = b"".join(self.out)
-            self.out, self.out_bytes = None, 0
-            self._send_now(data)
-
-    def _send_now(self, data: bytes) -> None:
-        try:
-            sent = self.sock.send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            self.dead = True
-            self.close(1006)
-            return
-        if sent < len(data):
-            self.out = [data[sent:]]
-            self.out_bytes = len(data) - sent
-            self._start_flusher()
-
-    def _start_flusher(self) -> None:
-        self.flushing = True
-        self.drained = trio.Event()
-        self.srv.nursery.start_soon(self._flusher)
-
-    async def _flusher(self) -> None:
-        try:
-            await self._drain()
-        except (OSError, trio.ClosedResourceError):
-            self.dead = True
-            self.close(1006)
-        except Exception:  # a bug: this task runs in the shared nursery, which must not see it
-            self._crashed()
-        finally:
-            self.flushing = False
-            if self.drained is not None:
-                self.drained.set()
-
-    async def _drain(self) -> None:
-        while self.out is not None and not self.dead:
-            await trio.lowlevel.wait_writable(self.sock)
-            data = b"".join(self.out)
-            try:
-                sent = self.sock.send(data)
-            except BlockingIOError:
-                sent = 0
-            if sent < len(data):
-                self.out, self.out_bytes = [data[sent:]], len(data) - sent
-            else:
-                self.out, self.out_bytes = None, 0
-
-    async def _wait_drained(self) -> None:
-        """Return once the output buffer is empty (or the peer is gone)."""
-        while self.out is not None and not self.dead:
-            if self.flushing:
-                assert self.drained is not None
-                await self.drained.wait()
-            else:
-                self.flushing = True
-                try:
-                    await self._drain()
-                finally:
-                    self.flushing = False
-
 
 class WsServer:
     """Runs upgraded connections; holds what they share (one reference per connection)."""

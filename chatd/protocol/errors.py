@@ -30,11 +30,21 @@ class ProtocolError(Exception):
 
     def frame(self) -> dict[str, Any]:
         """The ``error`` frame that answers this error: ``{type, code, message, ref?}``."""
-        out: dict[str, Any] = {"type": "error", "code": self.code, "message": self.message}
-        if self.ref is not None:
-            out["ref"] = self.ref
-        return out
+        return error_frame(self.code, self.message, ref=self.ref)
 
 
 class SessionError(Exception):
     """The shell fed the session machine an input its state does not allow (a chatd bug)."""
+
+
+def error_frame(code: str, message: str, *, ref: str | None = None, **extra: Any) -> dict[str, Any]:
+    """An ``error`` frame: ``{type, code, message, ref?, ...extra}`` (None values left out).
+
+    The one place its shape is written: protocol errors and the transport's answers to domain
+    errors (``retry_after``, ``ws_url``) both build it here.
+    """
+    out: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if ref is not None:
+        out["ref"] = ref
+    out.update((k, v) for k, v in extra.items() if v is not None)
+    return out

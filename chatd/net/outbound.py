@@ -1,0 +1,156 @@
+"""The writing half of a connection: frames straight to the socket, a bounded buffer, a flusher.
+
+There is no writer task while a connection keeps up: frames for it are written straight to the
+socket by whichever task produced them (its own reader, or a commit hook fanning a message out).
+While the reader handles one ``recv`` the connection is *corked*: replies are gathered and
+written with one ``send``. Only when the kernel buffer is full does a flusher task wait for
+writability; bytes wait in a buffer bounded by ``out_cap`` (``limits.outbound_queue_bytes``), and
+a device that lets it overflow is closed with 1008 (it resyncs with ``since``). The sender and
+other devices never wait for a slow one.
+
+Frames shared by many devices (:class:`~chatd.domain.ports.Shared`) are encoded once per
+subprotocol and the same bytes go to every device.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import trio
+
+from chatd.domain.ports import Shared
+from chatd.protocol import frames
+
+
+class Outbound:
+    """Output state of one connection. Subclasses provide ``closing``, :meth:`close`,
+    :meth:`_crashed`, :attr:`out_cap` and :meth:`spawn_flusher`."""
+
+    __slots__ = ("sock", "binary", "out", "out_bytes", "corked", "flushing", "drained", "dead")
+
+    closing: bool
+
+    def __init__(self, sock: socket.socket, binary: bool) -> None:
+        self.sock = sock
+        self.binary = binary  # msgpack frames (else JSON)
+        self.out: list[bytes] | None = None  # pending output, allocated only when needed
+        self.out_bytes = 0
+        self.corked = False
+        self.flushing = False
+        self.drained: trio.Event | None = None
+        self.dead = False  # the peer is gone: writes are dropped
+
+    # -- what the connection provides
+    @property
+    def out_cap(self) -> int:
+        raise NotImplementedError
+
+    def close(self, code: int, reason: str = "") -> None:
+        raise NotImplementedError
+
+    def _crashed(self) -> None:
+        raise NotImplementedError
+
+    def spawn_flusher(self) -> None:
+        """Run :meth:`_flusher` in a task that outlives the current one."""
+        raise NotImplementedError
+
+    # -- frames
+    def reply(self, frame: dict[str, Any]) -> None:
+        """A frame for this device alone (an answer, a snapshot, an error)."""
+        self._write(frames.encode(frame, self.binary))
+
+    def notify(self, frame: Shared) -> None:
+        """A frame shared with other devices (encoded once per subprotocol)."""
+        if not self.closing:
+            self._write(self._encoded(frame))
+
+    def _encoded(self, shared: Shared) -> bytes:
+        cache = shared.cache
+        if cache is None:
+            cache = shared.cache = {}
+        data = cache.get(self.binary)
+        if data is None:
+            data = cache[self.binary] = frames.encode(shared.frame, self.binary)
+        return data
+
+    def _write(self, data: bytes) -> None:
+        if self.dead:
+            return
+        if self.corked or self.out is not None:
+            if self.out is None:
+                self.out = []
+            self.out.append(data)
+            self.out_bytes += len(data)
+            if self.out_bytes > self.out_cap and not self.closing:
+                self.close(1008, "outbound queue overflow")
+            elif not self.corked and not self.flushing:
+                self._start_flusher()
+            return
+        self._send_now(data)
+
+    def _uncork(self) -> None:
+        self.corked = False
+        if self.out is not None and not self.flushing:
+            data = b"".join(self.out)
+            self.out, self.out_bytes = None, 0
+            self._send_now(data)
+
+    def _send_now(self, data: bytes) -> None:
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.dead = True
+            self.close(1006)
+            return
+        if sent < len(data):
+            self.out = [data[sent:]]
+            self.out_bytes = len(data) - sent
+            self._start_flusher()
+
+    def _start_flusher(self) -> None:
+        self.flushing = True
+        self.drained = trio.Event()
+        self.spawn_flusher()
+
+    async def _flusher(self) -> None:
+        try:
+            await self._drain()
+        except (OSError, trio.ClosedResourceError):
+            self.dead = True
+            self.close(1006)
+        except Exception:  # a bug: this task runs in the shared nursery, which must not see it
+            self._crashed()
+        finally:
+            self.flushing = False
+            if self.drained is not None:
+                self.drained.set()
+
+    async def _drain(self) -> None:
+        while self.out is not None and not self.dead:
+            await trio.lowlevel.wait_writable(self.sock)
+            data = b"".join(self.out)
+            try:
+                sent = self.sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            if sent < len(data):
+                self.out, self.out_bytes = [data[sent:]], len(data) - sent
+            else:
+                self.out, self.out_bytes = None, 0
+
+    async def _wait_drained(self) -> None:
+        """Return once the output buffer is empty (or the peer is gone)."""
+        while self.out is not None and not self.dead:
+            if self.flushing:
+                assert self.drained is not None
+                await self.drained.wait()
+            else:
+                self.flushing = True
+                try:
+                    await self._drain()
+                finally:
+                    self.flushing = False
