@@ -229,3 +229,17 @@ async def test_too_many_sessions_on_reconnect_ends_the_session(
             assert server.app.sessions.devices("alice") != [] and a.connects == 1
             await other.aclose()
     await close_all()
+
+
+async def test_a_json_session_sends_a_full_body_of_emoji(server: Server) -> None:
+    """100,000 four-byte characters are 400 KB as UTF-8 but 1.2 MB as \\u escapes: the
+    client must send UTF-8, or the server closes the frame as too big (1009)."""
+    alice = await make_user(server, "alice")
+    await make_user(server, "bob")
+    body = "\U0001f600" * 100_000
+    async with alice.session() as s:
+        ack = await s.send(to="bob", body=body)
+    assert ack["msg_id"] == 1
+    async with HttpClient(server.url, token=alice.token) as http:
+        page = await http.call("GET", "/v1/channels/dm:alice:bob/messages")
+    assert page["messages"][0]["body"] == body

@@ -168,7 +168,9 @@ class Session:
         if self.client.binary:
             await self._ws.send_message(msgpack.packb(frame))
         else:
-            await self._ws.send_message(json.dumps(frame))
+            await self._ws.send_message(
+                json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
+            )
 
     async def next_frame(self) -> dict[str, Any]:
         """The next server frame other than acks, replies and pongs (msg, presence, ...).
