@@ -79,7 +79,7 @@ async def test_head_answers_like_get_without_a_body(server: Server) -> None:
         ("/v1/me", auth, 200),
         (f"/v1/channels/{dm}/messages?limit=5", auth, 200),
         ("/v1/friends", auth, 200),
-        ("/v1/ws", [], 404),
+        ("/v1/ws", [], 426),
     ]
     for target, headers, status in cases:
         # HEAD then GET pipelined on one keep-alive connection: a body after the HEAD

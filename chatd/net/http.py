@@ -73,6 +73,7 @@ class VersionNotSupported(ChatError):
 
 
 HTTP_VERSIONS = (b"1.0", b"1.1")
+WS_PATH = "/v1/ws"
 #: h11's ``RemoteProtocolError.error_status_hint`` -> our error: 431 for an oversize header
 #: block, 501 for a Transfer-Encoding other than one ``chunked``; anything else is a 400.
 PROTOCOL_ERRORS: dict[int, type[ChatError]] = {431: HeadersTooLarge, 501: NotImplementedHere}
@@ -155,6 +156,8 @@ class Router:
     def match(self, method: str, path: str) -> tuple[Handler, bool, dict[str, str]]:
         """The handler for ``method`` on ``path``; HEAD runs the GET handler (the connection
         sends the same status and headers, without the body)."""
+        if path == WS_PATH:  # reached only without the upgrade headers
+            raise UpgradeRequired(f"{WS_PATH} is the WebSocket endpoint: send an upgrade request")
         if method == "HEAD":
             method = "GET"
         for regex, methods in self._routes:
@@ -162,16 +165,35 @@ class Router:
             if m is None:
                 continue
             if method not in methods:
-                raise MethodNotAllowed(f"{method} is not allowed on {path}")
+                allowed = sorted({*methods, "HEAD"} if "GET" in methods else methods)
+                raise NotAllowedHere(f"{method} is not allowed on {path}", allow=allowed)
             handler, auth = methods[method]
             return handler, auth, {k: unquote(v) for k, v in m.groupdict().items()}
         raise NotFound(f"no route for {path}")
+
+
+class NotAllowedHere(MethodNotAllowed):
+    """405, with the methods the path has (the ``Allow`` header)."""
+
+    def __init__(self, message: str, *, allow: list[str]) -> None:
+        super().__init__(message)
+        self.allow = allow
+
+
+class UpgradeRequired(ChatError):
+    """``/v1/ws`` asked for without the WebSocket upgrade headers: 426."""
+
+    code, status = "bad_request", 426
 
 
 def error_response(exc: ChatError) -> Response:
     headers = []
     if exc.retry_after is not None:
         headers.append((b"retry-after", str(max(1, round(exc.retry_after))).encode()))
+    if isinstance(exc, NotAllowedHere):
+        headers.append((b"allow", ", ".join(exc.allow).encode()))
+    elif isinstance(exc, UpgradeRequired):
+        headers += [(b"upgrade", b"websocket"), (b"connection", b"upgrade")]
     return Response(http_status(exc), error_body(exc), headers)
 
 
@@ -248,7 +270,7 @@ class HttpConnection:
             if self.refusal is not None:
                 await self._respond(error_response(self.refusal), close=True)
                 return
-            if request.path == "/v1/ws" and request.is_websocket():
+            if request.path == WS_PATH and request.is_websocket():
                 await self._upgrade(request)
                 return
             lifecycle.http_busy += 1
@@ -358,6 +380,10 @@ class HttpConnection:
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > limit:
             raise TooLarge(f"request body over {limit} bytes")
+        if self.h11.they_are_waiting_for_100_continue:  # ``Expect: 100-continue``: go ahead
+            await net.send_all(
+                self.sock, self.h11.send(h11.InformationalResponse(status_code=100, headers=[]))
+            )
         chunks: list[bytes] = []
         size = 0
         while True:
