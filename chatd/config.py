@@ -150,12 +150,23 @@ class PresenceConfig:
 
 
 @dataclass(frozen=True)
+class PushConfig:
+    #: Let push subscriptions target loopback/private addresses (tests, LAN relays). A key the
+    #: client contract fixes; push delivery itself is not built yet (docs/api.md).
+    allow_private_networks: bool = False
+
+    def validate(self) -> None:
+        pass  # a bool: its type is checked when the file is read
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     presence: PresenceConfig = field(default_factory=PresenceConfig)
+    push: PushConfig = field(default_factory=PushConfig)
 
     def validate(self) -> Config:
         for f in fields(self):

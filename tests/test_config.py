@@ -72,6 +72,14 @@ def test_defaults_match_the_contract() -> None:
         assert getattr(config.limits, key) == value, key
 
 
+def test_the_contracts_push_key_is_accepted() -> None:
+    assert Config().push.allow_private_networks is False
+    config = from_mapping({"push": {"allow_private_networks": True}})
+    assert config.push.allow_private_networks is True
+    with pytest.raises(ConfigError, match="push.allow_private_networks"):
+        from_mapping({"push": {"allow_private_networks": "yes"}})
+
+
 def test_config_is_frozen() -> None:
     config = Config()
     with pytest.raises(dataclasses.FrozenInstanceError):
