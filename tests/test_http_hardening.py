@@ -24,7 +24,8 @@ import trio.testing
 import chatd.net.listener
 from chatd.client import ChatClient, HttpClient
 from chatd.net.heartbeat import set_keepalive
-from chatd.net.http import HttpConnection, Request, Response
+from chatd.net.http import HttpConnection
+from chatd.net.routing import Request, Response
 from chatd.server import Server
 from tests import httpraw
 from tests.conftest import make_config, make_user, running

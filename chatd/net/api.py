@@ -12,9 +12,9 @@ from chatd.domain.messaging import Messenger
 from chatd.domain.presence import Presence
 from chatd.domain.ratelimit import RateLimiter
 from chatd.domain.sessions import Sessions
-from chatd.net.http import Request, Response, Router, Text, run_handler
 from chatd.net.lifecycle import Lifecycle
 from chatd.net.metrics import CONTENT_TYPE, Collector, render
+from chatd.net.routing import Request, Response, Router, Text, run_handler
 
 
 class Api:

@@ -1,8 +1,8 @@
 """The HTTP/1.1 connection loop on h11: keep-alive, limits, timeouts, WebSocket hand-off.
 
-One task per TCP connection reads requests with h11, routes them through :class:`Router`, and
-writes JSON responses. A ``GET /v1/ws`` upgrade leaves h11 behind: the socket and any bytes read
-past the request go to ``chatd/ws.py``.
+One task per TCP connection reads requests with h11, routes them (``chatd/net/routing.py``), and
+writes the responses. A ``GET /v1/ws`` upgrade leaves h11 behind: the socket and any bytes read
+past the request go to ``chatd/net/websocket.py``.
 
 Limits: request header block over 16 KiB -> 431; body over ``limits.max_request_body`` -> 413;
 a response the client leaves unread for ``server.keepalive_timeout`` closes the connection;
@@ -15,39 +15,40 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import socket
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Protocol
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import h11
 import trio
 
 from chatd.config import Config
-from chatd.domain import validate
 from chatd.domain.errors import (
     BadRequest,
     ChatError,
     MethodNotAllowed,
-    NotFound,
     TooLarge,
     Unavailable,
 )
 from chatd.net import sockets as net
-from chatd.net.errormap import error_body, http_status
 from chatd.net.handshake import Origins, handshake
 from chatd.net.lifecycle import Lifecycle
+from chatd.net.routing import (
+    INTERNAL,
+    WS_PATH,
+    Request,
+    Response,
+    Text,
+    error_response,
+)
 from chatd.net.websocket import WsServer
-from storage import StorageUnavailable
 
 log = logging.getLogger("chatd.http")
 MAX_HEADER_BYTES = 16 * 1024
 LINGER_SECONDS, LINGER_BYTES = 2.0, 4 << 20
 SERVER_HEADER = (b"server", b"chatd")
-INTERNAL = {"error": "internal", "message": "internal server error"}
 _internal_body = json.dumps(INTERNAL).encode()
 INTERNAL_HEAD = (
     b"HTTP/1.1 500 Internal Server Error\r\nserver: chatd\r\ncontent-type: application/json\r\n"
@@ -73,128 +74,9 @@ class VersionNotSupported(ChatError):
 
 
 HTTP_VERSIONS = (b"1.0", b"1.1")
-WS_PATH = "/v1/ws"
 #: h11's ``RemoteProtocolError.error_status_hint`` -> our error: 431 for an oversize header
 #: block, 501 for a Transfer-Encoding other than one ``chunked``; anything else is a 400.
 PROTOCOL_ERRORS: dict[int, type[ChatError]] = {431: HeadersTooLarge, 501: NotImplementedHere}
-
-
-@dataclass
-class Request:
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    headers: dict[str, str]
-    client: str
-    body: bytes = b""
-    user_id: str = ""  # set by the router for authenticated routes
-    token: str = ""
-
-    def json(self) -> dict[str, Any]:
-        """The body as a JSON object (UTF-8, finite numbers, every string valid Unicode);
-        BadRequest otherwise, before any handler sees it."""
-        try:
-            text = self.body.decode("utf-8")
-            data = json.loads(text, parse_constant=_no_constant)
-        except RecursionError:
-            raise BadRequest("body is nested too deeply") from None
-        except ValueError:  # UnicodeDecodeError and JSONDecodeError included
-            raise BadRequest("body is not valid JSON") from None
-        if not isinstance(data, dict):
-            raise BadRequest("body must be a JSON object")
-        if "\\u" in text:  # a lone surrogate can only come from an escape
-            validate.unicode_strings(data)
-        return data
-
-    def bearer(self) -> str:
-        scheme, _, token = self.headers.get("authorization", "").partition(" ")
-        return token.strip() if scheme.lower() == "bearer" else ""
-
-    def is_websocket(self) -> bool:
-        return (
-            self.headers.get("upgrade", "").lower() == "websocket"
-            and "upgrade" in self.headers.get("connection", "").lower()
-        )
-
-
-@dataclass(frozen=True)
-class Text:
-    """A response body that is not JSON (``/metrics``)."""
-
-    body: bytes
-    content_type: bytes
-
-
-@dataclass
-class Response:
-    status: int
-    payload: Any = None
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-
-
-Handler = Callable[..., Awaitable[Response]]
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-class Router:
-    """Method + path-pattern routing. ``{name}`` in a pattern captures one path segment."""
-
-    def __init__(self) -> None:
-        self._routes: list[tuple[re.Pattern[str], dict[str, tuple[Handler, bool]]]] = []
-
-    def add(self, method: str, pattern: str, handler: Handler, *, auth: bool = True) -> None:
-        regex = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern) + "$")
-        for existing, methods in self._routes:
-            if existing.pattern == regex.pattern:
-                methods[method] = (handler, auth)
-                return
-        self._routes.append((regex, {method: (handler, auth)}))
-
-    def match(self, method: str, path: str) -> tuple[Handler, bool, dict[str, str]]:
-        """The handler for ``method`` on ``path``; HEAD runs the GET handler (the connection
-        sends the same status and headers, without the body)."""
-        if path == WS_PATH:  # reached only without the upgrade headers
-            raise UpgradeRequired(f"{WS_PATH} is the WebSocket endpoint: send an upgrade request")
-        if method == "HEAD":
-            method = "GET"
-        for regex, methods in self._routes:
-            m = regex.match(path)
-            if m is None:
-                continue
-            if method not in methods:
-                allowed = sorted({*methods, "HEAD"} if "GET" in methods else methods)
-                raise NotAllowedHere(f"{method} is not allowed on {path}", allow=allowed)
-            handler, auth = methods[method]
-            return handler, auth, {k: unquote(v) for k, v in m.groupdict().items()}
-        raise NotFound(f"no route for {path}")
-
-
-class NotAllowedHere(MethodNotAllowed):
-    """405, with the methods the path has (the ``Allow`` header)."""
-
-    def __init__(self, message: str, *, allow: list[str]) -> None:
-        super().__init__(message)
-        self.allow = allow
-
-
-class UpgradeRequired(ChatError):
-    """``/v1/ws`` asked for without the WebSocket upgrade headers: 426."""
-
-    code, status = "bad_request", 426
-
-
-def error_response(exc: ChatError) -> Response:
-    headers = []
-    if exc.retry_after is not None:
-        headers.append((b"retry-after", str(max(1, round(exc.retry_after))).encode()))
-    if isinstance(exc, NotAllowedHere):
-        headers.append((b"allow", ", ".join(exc.allow).encode()))
-    elif isinstance(exc, UpgradeRequired):
-        headers += [(b"upgrade", b"websocket"), (b"connection", b"upgrade")]
-    return Response(http_status(exc), error_body(exc), headers)
 
 
 class Dispatcher(Protocol):
@@ -425,16 +307,3 @@ class HttpConnection:
             await net.send_all(self.sock, out)
             return
         raise ClientStalled(f"{self.client} did not read a response within keepalive_timeout")
-
-
-async def run_handler(handler: Handler, request: Request, params: dict[str, str]) -> Response:
-    """Call a route handler, turning domain and storage errors into error responses."""
-    try:
-        return await handler(request, **params)
-    except ChatError as exc:
-        return error_response(exc)
-    except StorageUnavailable as exc:
-        return error_response(Unavailable(str(exc)))
-    except Exception:
-        log.exception("%s %s from %s failed", request.method, request.path, request.client)
-        return Response(500, INTERNAL)
