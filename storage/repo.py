@@ -20,9 +20,10 @@ from storage.env import Txn
 from storage.groups import GroupReads, GroupWrites
 from storage.messages import MessageReads, MessageWrites
 from storage.outbox import OutboxReads, OutboxWrites
+from storage.relay import RelayReads, RelayWrites
 
 
-class ReadTx(AccountReads, GroupReads, MessageReads, OutboxReads):
+class ReadTx(AccountReads, GroupReads, MessageReads, OutboxReads, RelayReads):
     """Typed reads of one transaction (read-only or write)."""
 
     __slots__ = ("txn",)
@@ -31,7 +32,7 @@ class ReadTx(AccountReads, GroupReads, MessageReads, OutboxReads):
         self.txn = txn
 
 
-class WriteTx(AccountWrites, GroupWrites, MessageWrites, OutboxWrites, ReadTx):
+class WriteTx(AccountWrites, GroupWrites, MessageWrites, OutboxWrites, RelayWrites, ReadTx):
     """Typed reads and writes of one op's (nested) write transaction."""
 
     __slots__ = ()
