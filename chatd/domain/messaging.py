@@ -29,7 +29,7 @@ from chatd.domain.errors import (
     Unavailable,
 )
 from chatd.domain.messaging_tx import Appended, append_message
-from chatd.domain.ports import DeviceSink, OutboxHook, Router, Shared
+from chatd.domain.ports import DeviceSink, OutboxHook, Relay, Remote, Router, Shared
 from chatd.domain.ratelimit import RateLimiter
 from chatd.domain.sessions import Sessions
 from storage import InboxEntry, Message, StorageUnavailable, Store, message_bytes
@@ -102,6 +102,8 @@ class Messenger:
         max_body: int,
         reply_bytes: int,
         outbox_hooks: Sequence[OutboxHook] = (),
+        relay: Relay | None = None,
+        remote: Remote | None = None,
     ) -> None:
         self.store = store
         self.sessions = sessions
@@ -113,6 +115,8 @@ class Messenger:
         #: the outbound cap, so a device that keeps up always has room for it.
         self.reply_bytes = reply_bytes
         self.outbox_hooks = tuple(outbox_hooks)
+        self.relay = relay  # a cluster: members homed elsewhere get relayed records
+        self.remote = remote  # a cluster: sends that need another shard first
 
     def send(
         self,
@@ -144,17 +148,31 @@ class Messenger:
                 to = validate.user_id(to, "to")
                 if to == user:
                     raise BadRequest("you cannot send to yourself")
-                if self.store.account(to) is None:
-                    raise NotFound(f"no user {to!r}")
+                if self.router.home(to).local or self.remote is None:
+                    if self.store.account(to) is None:
+                        raise NotFound(f"no user {to!r}")
+                elif not self.remote.knows(to):
+                    self.remote.resolve(device, ref, body, to)  # sends again once known
+                    return
                 channel, members = channels.dm_channel(user, to), [user, to]
             else:
                 channel = channel or ""
-                channels.check_member(self.store, channel, user)
+                sequencer = self.router.sequencer(channel)
+                if sequencer.local or channels.is_group(channel):
+                    # A group sequenced elsewhere is checked there: its members live there.
+                    if sequencer.local:
+                        channels.check_member(self.store, channel, user)
+                elif user not in (channels.dm_members(channel) or ()):
+                    raise NotFound(f"no channel {channel!r}")
                 # A group's members are read again inside the commit (None), so an add or
                 # remove racing with this send is wholly before or after it.
                 members = None if channels.is_group(channel) else channels.dm_members(channel)
-            if not self.router.sequencer(channel).local:
-                raise Unavailable(f"{channel} is sequenced by another shard", retry_after=1.0)
+            sequencer = self.router.sequencer(channel)
+            if not sequencer.local:
+                if self.remote is None:
+                    raise Unavailable(f"{channel} is sequenced by another shard", retry_after=1.0)
+                self.remote.forward(device, ref, channel, body, sequencer)
+                return
 
             def committed(appended: Appended | None, error: BaseException | None) -> None:
                 self._committed(device, ref, appended, error)
@@ -169,6 +187,7 @@ class Messenger:
                     body=body,
                     ts=now_ms(),
                     hooks=self.outbox_hooks,
+                    relay=self.relay,
                 )
                 self.store.submit(op, committed, size=message_bytes(body))
             except trio.WouldBlock:
@@ -187,7 +206,42 @@ class Messenger:
             return
         device.finished({"type": "ack", "ref": ref, **appended.ack})
         if not appended.duplicate:
-            self.fan_out(appended, exclude=device)
+            self.fan_out(appended.inbox, appended.message, exclude=device)
+            if appended.relayed and self.relay is not None:
+                self.relay.committed()
+
+    async def commit_forwarded(
+        self, sender: str, ref: str, channel: str, body: str
+    ) -> Appended:
+        """Commit a send forwarded by the sender's home shard to this one, the channel's
+        sequencer (``chatd/cluster/``): the sender's home checked the rate and size, this
+        shard checks membership in the commit. A known ``ref`` answers its first ack."""
+        if len(body) > self.max_body:
+            raise TooLarge(f"body over {self.max_body} characters")
+        members: list[str] | None = None
+        if not channels.is_group(channel):
+            members = channels.dm_members(channel)
+            if members is None or sender not in members:
+                raise NotFound(f"no channel {channel!r}")
+        op = partial(
+            append_message,
+            sender=sender,
+            ref=ref,
+            channel=channel,
+            members=members,
+            body=body,
+            ts=now_ms(),
+            hooks=self.outbox_hooks,
+            relay=self.relay,
+        )
+
+        def committed(appended: Appended) -> None:  # in commit order, like every send's
+            if not appended.duplicate:
+                self.fan_out(appended.inbox, appended.message)
+                if appended.relayed and self.relay is not None:
+                    self.relay.committed()
+
+        return await self.store.write(op, committed, size=message_bytes(body))
 
     def _commit_error(
         self, device: DeviceSink, ref: str, error: BaseException | None
@@ -200,13 +254,16 @@ class Messenger:
         log.error("send %r of %s failed", ref, device.user_id, exc_info=error)
         return Unavailable("message not stored", ref=ref)
 
-    def fan_out(self, appended: Appended, exclude: DeviceSink | None = None) -> None:
-        """Deliver a stored message to every online device of every member but ``exclude``."""
-        for user, seq in appended.inbox.items():
+    def fan_out(
+        self, inbox: dict[str, int], message: Message, exclude: DeviceSink | None = None
+    ) -> None:
+        """Deliver a stored message (``inbox``: member -> its inbox seq) to every online
+        device of those members but ``exclude``."""
+        for user, seq in inbox.items():
             devices = self.sessions.devices(user)
             if not devices:
                 continue  # offline: the inbox holds it (push hooks in through the outbox)
-            frame = Shared(msg_frame(seq, appended.message))
+            frame = Shared(msg_frame(seq, message))
             for device in devices:
                 if device is not exclude:
                     device.deliver(seq, frame)

@@ -4,6 +4,8 @@
   (``chatd/net/websocket.py``) implements it; domain tests use a fake.
 - :class:`Router` says where a user or a channel lives. In one process everything is local
   (:class:`LocalRouter`); the cluster implements it from the discovery file.
+- :class:`Relay` is the cross-shard half of a send's commit, and :class:`Remote` the part of
+  a send that waits on another shard; the cluster (``chatd/cluster/``) implements both.
 - :class:`OutboxHook` lets a feature add records to the commit transaction of a message. The
   records stay in storage's ``outbox`` until that feature's consumer deletes them, so a crash
   between the commit and the feature's work loses nothing: push notifications and cross-shard
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from chatd.domain.errors import ChatError
+from storage import Message, WriteTx
 
 
 class Shared:
@@ -110,3 +113,35 @@ class OutboxHook(Protocol):
         """Records (opaque bytes) to append to this hook's topic with the message; runs inside
         the commit, in the writer thread: no I/O, no awaiting, no shared mutable state."""
         ...
+
+
+class Relay(Protocol):
+    """Members homed on other shards get a message through records stored in its commit."""
+
+    def split(self, members: Sequence[str]) -> tuple[list[str], dict[str, list[str]]]:
+        """(members homed here, {other shard: its members})."""
+        ...
+
+    def write(
+        self, tx: WriteTx, message: Message, remote: Mapping[str, Sequence[str]], ref: str
+    ) -> dict[str, bytes]:
+        """Store one record per shard of ``remote`` in ``tx`` (the message's own commit, in
+        the writer thread); the records by shard."""
+        ...
+
+    def committed(self) -> None:
+        """A commit stored records: send them soon."""
+
+
+class Remote(Protocol):
+    """Sends that need another shard before they can commit."""
+
+    def knows(self, user_id: str) -> bool:
+        """Whether ``user_id`` (homed on another shard) is known to exist."""
+        ...
+
+    def resolve(self, device: DeviceSink, ref: str, body: str, to: str) -> None:
+        """Find out whether ``to`` exists, then send again (or answer ``not_found``)."""
+
+    def forward(self, device: DeviceSink, ref: str, channel: str, body: str, to: Place) -> None:
+        """Commit on the channel's sequencer shard ``to``; ``device.finished`` exactly once."""
