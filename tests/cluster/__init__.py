@@ -1,0 +1,1 @@
+"""Tests of the cluster: discovery, routing, the broker and the local launcher."""
