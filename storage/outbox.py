@@ -23,12 +23,12 @@ class OutboxReads:
     __slots__ = ()
     txn: Txn
 
-    def outbox_pending(self, topic: str, limit: int) -> list[tuple[int, bytes]]:
-        """At most ``limit`` (seq, record) of ``topic``, oldest first."""
+    def outbox_pending(self, topic: str, limit: int, after: int = 0) -> list[tuple[int, bytes]]:
+        """At most ``limit`` (seq, record) of ``topic`` with seq > ``after``, oldest first."""
         out: list[tuple[int, bytes]] = []
         pre = prefix(topic)
         cursor = self.txn.cursor("outbox")
-        if limit < 1 or not cursor.set_range(int_key(topic, _HEAD + 1)):
+        if limit < 1 or not cursor.set_range(int_key(topic, max(after, _HEAD) + 1)):
             return out
         for key, value in cursor:
             if not key.startswith(pre):
@@ -45,12 +45,21 @@ class OutboxWrites:
 
     def outbox_append(self, topic: str, record: bytes) -> int:
         """Append ``record`` to ``topic``; its seq (one above every seq the topic ever had)."""
+        seq = self.outbox_next(topic)
+        self.outbox_put(topic, seq, record)
+        return seq
+
+    def outbox_next(self, topic: str) -> int:
+        """Claim ``topic``'s next seq, for a record that must name its own seq: store it with
+        :meth:`outbox_put` in the same transaction."""
         head = int_key(topic, _HEAD)
         raw = self.txn.get("outbox", head)
         seq = (0 if raw is None else int.from_bytes(raw, "big")) + 1
         self.txn.put("outbox", head, seq.to_bytes(8, "big"))
-        self.txn.put("outbox", int_key(topic, seq), record)
         return seq
+
+    def outbox_put(self, topic: str, seq: int, record: bytes) -> None:
+        self.txn.put("outbox", int_key(topic, seq), record)
 
     def outbox_delete(self, topic: str, seqs: Iterable[int]) -> int:
         """Delete the records ``seqs`` of ``topic``; how many there were."""

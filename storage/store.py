@@ -205,9 +205,10 @@ class Store:
         return self._read(ReadTx.channel_list, user_id, limit=limit, after=after)
 
     # -- outbox
-    def outbox_pending(self, topic: str, limit: int) -> list[tuple[int, bytes]]:
-        """At most ``limit`` (seq, record) of ``topic`` not deleted yet, oldest first."""
-        return self._read(ReadTx.outbox_pending, topic, limit)
+    def outbox_pending(self, topic: str, limit: int, after: int = 0) -> list[tuple[int, bytes]]:
+        """At most ``limit`` (seq, record) of ``topic`` with seq > ``after`` not deleted yet,
+        oldest first."""
+        return self._read(ReadTx.outbox_pending, topic, limit, after)
 
     async def outbox_delete(self, topic: str, seqs: Iterable[int]) -> int:
         """Delete records of ``topic`` (a consumer has done their work); how many there were."""
