@@ -10,6 +10,7 @@ import sys
 import trio
 
 from chatd import __version__
+from chatd.cluster import launch
 from chatd.config import Config, ConfigError, load
 from chatd.server import serve
 from storage import StorageUnavailable
@@ -23,8 +24,19 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--config", metavar="FILE", help="TOML config file (see conf/chatd.toml)")
     s.add_argument("--listen", metavar="HOST:PORT", help="address to listen on (127.0.0.1:8080)")
     s.add_argument("--data", metavar="DIR", help="LMDB data directory (./var/chatd)")
-    s.add_argument("--shard", metavar="NAME", help="shard name")
+    s.add_argument("--shard", metavar="NAME", help="shard name (required with --discovery)")
+    s.add_argument(
+        "--discovery",
+        metavar="FILE",
+        help="cluster discovery file (see conf/cluster.example.toml): run the shard --shard "
+        "names, listening where its url says unless --listen is given",
+    )
     s.add_argument("--log-level", default="INFO", help="logging level (INFO)")
+    c = sub.add_parser(
+        "cluster",
+        help="run a local cluster: redis-server and N shards on loopback, in the foreground",
+    )
+    launch.add_arguments(c)
     return parser
 
 
@@ -40,11 +52,19 @@ async def _run(config: Config) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "cluster":
+        return launch.main(args)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        config = load(args.config, listen=args.listen, data=args.data, shard=args.shard)
+        config = load(
+            args.config,
+            discovery=args.discovery,
+            listen=args.listen,
+            data=args.data,
+            shard=args.shard,
+        )
     except ConfigError as exc:
         print(f"chatd: config error: {exc}", file=sys.stderr)
         return 2

@@ -12,7 +12,10 @@ import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from chatd.cluster.discovery import Shard
 
 
 class ConfigError(ValueError):
@@ -160,6 +163,16 @@ class PushConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    #: The discovery file listing the cluster's shards (chatd/cluster/discovery.py); "" = one
+    #: process, everything local, no broker. With it, ``server.shard`` names this process.
+    discovery: str = ""
+
+    def validate(self) -> None:
+        pass  # the file itself is checked by Config.validate, which also sees server.shard
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
@@ -167,11 +180,31 @@ class Config:
     security: SecurityConfig = field(default_factory=SecurityConfig)
     presence: PresenceConfig = field(default_factory=PresenceConfig)
     push: PushConfig = field(default_factory=PushConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def validate(self) -> Config:
         for f in fields(self):
             getattr(self, f.name).validate()
+        if self.cluster.discovery:
+            self.cluster_shard()
         return self
+
+    def cluster_shard(self) -> Shard:
+        """This process's entry in the discovery file (chatd/cluster/discovery.py);
+        ConfigError naming ``server.shard`` (or the file's key) when there is none. Only for a
+        config with ``cluster.discovery`` set."""
+        from chatd.cluster.discovery import DiscoveryError, load_discovery
+
+        discovery = load_discovery(self.cluster.discovery)
+        if not self.server.shard:
+            raise ConfigError(
+                "server.shard: required with a discovery file "
+                "(chatd serve --discovery FILE --shard NAME)"
+            )
+        try:
+            return discovery.shard(self.server.shard)
+        except DiscoveryError as exc:
+            raise ConfigError(f"server.shard: {exc}") from None
 
     def replace(self, section: str, **changes: Any) -> Config:
         """A copy with some keys of one section changed, validated."""
@@ -224,8 +257,15 @@ def from_mapping(data: dict[str, Any], base: Config | None = None) -> Config:
     return config.validate()
 
 
-def load(path: str | Path | None = None, **overrides: Any) -> Config:
-    """Read the TOML file at ``path`` (if any) and apply ``server`` overrides from the CLI."""
+def load(
+    path: str | Path | None = None, *, discovery: str | Path | None = None, **overrides: Any
+) -> Config:
+    """Read the TOML file at ``path`` (if any) and apply the CLI's overrides: ``discovery``
+    (``cluster.discovery``) and the ``server`` keys (listen, data, shard).
+
+    With a discovery file, the shard's entry supplies ``server.listen`` (its url's HOST:PORT;
+    only a ``listen`` override wins, since one config file is usually shared by every shard)
+    and ``server.public_url`` (its url, unless the config sets one)."""
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -238,4 +278,15 @@ def load(path: str | Path | None = None, **overrides: Any) -> Config:
     server = {k: v for k, v in overrides.items() if v is not None}
     if server:
         data.setdefault("server", {}).update(server)
-    return from_mapping(data)
+    if discovery is not None:
+        cluster = data.setdefault("cluster", {})
+        if isinstance(cluster, dict):
+            cluster["discovery"] = str(discovery)
+    config = from_mapping(data)
+    if not config.cluster.discovery:
+        return config
+    shard = config.cluster_shard()
+    changes = {"public_url": config.server.public_url or shard.url}
+    if server.get("listen") is None:
+        changes["listen"] = shard.listen
+    return config.replace("server", **changes)
