@@ -455,3 +455,34 @@ def test_serve_uses_the_file_with_cli_overrides_and_exits_0_on_sigterm(tmp_path:
             proc.wait()
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+# -- the cluster section (issue 11)
+
+
+def test_no_discovery_file_means_one_process() -> None:
+    from chatd.cluster.discovery import for_config
+
+    assert Config().cluster.discovery == ""
+    assert for_config(load()) is None
+
+
+def test_the_example_config_is_the_defaults() -> None:
+    assert load(EXAMPLE) == Config()
+
+
+def test_cluster_discovery_is_read_from_the_file_and_the_flag(tmp_path: Path) -> None:
+    discovery = write(
+        tmp_path,
+        '[[shards]]\nname = "a"\nurl = "http://127.0.0.1:9301"\npeer = "127.0.0.1:9401"\n',
+        "discovery.toml",
+    )
+    from_file = load(write(tmp_path, f'[cluster]\ndiscovery = "{discovery}"\n'), shard="a")
+    from_flag = load(None, discovery=str(discovery), shard="a")
+    assert from_file == from_flag
+    assert from_flag.cluster.discovery == str(discovery)
+    assert from_flag.server.listen == "127.0.0.1:9301"
+    with pytest.raises(ConfigError, match=r"cluster\.discovery"):
+        from_mapping({"cluster": {"discovery": 1}})
+    with pytest.raises(ConfigError, match=r"server\.shard"):
+        from_mapping({"cluster": {"discovery": str(discovery)}})
