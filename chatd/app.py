@@ -12,6 +12,10 @@ from urllib.parse import urlsplit
 
 import trio
 
+from chatd.cluster.applier import Applier
+from chatd.cluster.discovery import Discovery
+from chatd.cluster.gateway import Gateway, PeerApi
+from chatd.cluster.node import Node, build_node
 from chatd.config import Config
 from chatd.domain.accounts import Accounts
 from chatd.domain.groups import Groups
@@ -51,6 +55,8 @@ class App:
     api: Api
     http: HttpServer
     ws_url: str
+    node: Node | None = None  # a shard of a cluster (None: the embedded single server)
+    peer_http: HttpServer | None = None  # the peer listener's server, in a cluster
 
     # Read-only views for the listener's log and for tests.
     @property
@@ -105,11 +111,19 @@ def collect(store: Store, lifecycle: Lifecycle, sessions: Sessions) -> list[Samp
     ]
 
 
-def build(config: Config, store: Store, nursery: trio.Nursery, port: int) -> App:
-    """Every object of one server, wired. ``nursery`` runs helper tasks (output flushers)."""
+def build(
+    config: Config,
+    store: Store,
+    nursery: trio.Nursery,
+    port: int,
+    discovery: Discovery | None = None,
+) -> App:
+    """Every object of one server, wired. ``nursery`` runs helper tasks (output flushers).
+    With ``discovery``, the server is one shard of a cluster (``chatd/cluster/``)."""
     limits = config.limits
     public_origin, ws_url = public_urls(config, port)
-    router = LocalRouter()
+    node = build_node(discovery, config.server.shard, store, nursery) if discovery else None
+    router: Router = node.router if node else LocalRouter()
     lifecycle = Lifecycle(
         ConnectionLimits(config.server.max_connections, limits.max_connections_per_ip)
     )
@@ -123,7 +137,13 @@ def build(config: Config, store: Store, nursery: trio.Nursery, port: int) -> App
         history_limiter=RateLimiter(limits.history_rate, limits.history_burst),
         max_body=limits.max_body_chars,
         reply_bytes=limits.outbound_queue_bytes // 2,
+        relay=node.relay if node else None,
+        remote=node.forwarding if node else None,
     )
+    if node is not None:
+        node.applier = Applier(node.here, store, messenger, node.publisher, node.broker)
+        node.forwarding.applier = node.applier
+        node.forwarding.send_again = messenger.send
     receipts = Receipts(
         store,
         sessions,
@@ -169,9 +189,17 @@ def build(config: Config, store: Store, nursery: trio.Nursery, port: int) -> App
         },
         ws_url=ws_url,
         metrics=lambda: collect(store, lifecycle, sessions),
+        health=node.health if node else None,
     )
     origins = Origins(public_origin, config.server.allowed_origins)
     http = HttpServer(config, lifecycle, api, ws, origins)
+    peer_http = None
+    if node is not None:
+        gateway = Gateway(api, node.router, node.peers, accounts)
+        http = HttpServer(config, lifecycle, gateway, ws, origins)
+        peer_api = PeerApi(node.discovery.secret, gateway, messenger, accounts, node.router)
+        peer_lifecycle = Lifecycle(ConnectionLimits(config.server.max_connections, 1 << 20))
+        peer_http = HttpServer(config, peer_lifecycle, peer_api, ws, origins, websocket=False)
     return App(
         config=config,
         store=store,
@@ -189,4 +217,6 @@ def build(config: Config, store: Store, nursery: trio.Nursery, port: int) -> App
         api=api,
         http=http,
         ws_url=ws_url,
+        node=node,
+        peer_http=peer_http,
     )

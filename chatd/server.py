@@ -16,6 +16,7 @@ import sys
 import trio
 
 from chatd.app import App, build
+from chatd.cluster.discovery import for_config
 from chatd.config import Config
 from chatd.net import listener as listening
 from chatd.net import sockets as net
@@ -52,8 +53,13 @@ async def serve(
 ) -> None:
     """Run chatd until :meth:`Server.drain`; ``task_status.started(server)`` once listening."""
     cfg = config.server
+    discovery = for_config(config)
     listener = listening.open_listener(cfg.host, cfg.port)
+    peer_listener = None
     try:
+        if discovery is not None:
+            shard = discovery.shard(cfg.shard)
+            peer_listener = listening.open_listener(shard.peer_host, shard.peer_port)
         store = Store(
             cfg.data,
             map_size=config.storage.map_size,
@@ -64,16 +70,25 @@ async def serve(
         )
     except BaseException:
         listener.close()
+        if peer_listener is not None:
+            peer_listener.close()
         raise
     host, port = listener.getsockname()[:2]
     async with trio.open_nursery() as root:
         await root.start(store.run)
         try:
             async with trio.open_nursery() as conns:
-                app = build(config, store, conns, port)
+                app = build(config, store, conns, port, discovery)
                 server = Server(app, host, port)
                 accept_scope = trio.CancelScope()
                 conns.start_soon(listening.accept_loop, app.http, listener, conns, accept_scope)
+                if app.node is not None and app.peer_http is not None and peer_listener:
+                    # Peers keep being served while this shard drains (until the end).
+                    peer_scope = trio.CancelScope()
+                    conns.start_soon(
+                        listening.accept_loop, app.peer_http, peer_listener, conns, peer_scope
+                    )
+                    conns.start_soon(app.node.run)
                 conns.start_soon(app.heartbeats.run)
                 conns.start_soon(app.sweeper.run)
                 _tune_gc()
@@ -90,4 +105,6 @@ async def serve(
                 conns.cancel_scope.cancel()
         finally:
             net.close(listener)
+            if peer_listener is not None:
+                net.close(peer_listener)
             store.close()

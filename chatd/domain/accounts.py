@@ -80,7 +80,10 @@ class Accounts:
         ok = await self._off_loop(self._verify, pw_hash, password)
         if not ok or account is None:
             raise Unauthorized("bad user_id or password")
-        token = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
+        # ``<user_id>.<256 random bits>``: any shard of a cluster routes it to the user's home
+        # shard, where it is checked (docs/api.md "Tokens").
+        secret = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
+        token = f"{user_id}.{secret}"
         expires_at = now_ms() + self.ttl_ms
         await self.store.put_token(token_digest(token), user_id, expires_at)
         return token, expires_at

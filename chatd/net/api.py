@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from chatd.domain import validate
@@ -30,6 +31,7 @@ class Api:
         limiters: dict[str, RateLimiter],
         ws_url: str,
         metrics: Collector,
+        health: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.accounts = accounts
         self.sessions = sessions
@@ -40,6 +42,7 @@ class Api:
         self.limiters = limiters  # "api" per user; "login" and "signup" per client address
         self.ws_url = ws_url
         self.metrics = metrics
+        self.health = health  # more of ``/healthz`` (a shard's cluster state)
         r = self.router = Router()
         r.add("GET", "/healthz", self.healthz, auth=False)
         r.add("GET", "/metrics", self.metrics_text, auth=False)
@@ -64,8 +67,9 @@ class Api:
         async def routed(req: Request) -> Response:
             handler, auth, params = self.router.match(req.method, req.path)
             if auth:
-                req.token = req.bearer()
-                req.user_id = self.accounts.authenticate(req.token)
+                if not req.user_id:  # else asserted by the shard that authenticated it
+                    req.token = req.bearer()
+                    req.user_id = self.accounts.authenticate(req.token)
                 self._limit("api", req.user_id)
             return await handler(req, **params)
 
@@ -82,7 +86,8 @@ class Api:
     async def healthz(self, req: Request) -> Response:
         if self.lifecycle.draining:
             raise Unavailable("draining")
-        return Response(200, {"status": "ok"})
+        extra = self.health() if self.health is not None else {}
+        return Response(200, {"status": "ok", **extra})
 
     async def signup(self, req: Request) -> Response:
         self._limit("signup", req.client)

@@ -94,6 +94,7 @@ class HttpServer:
     api: Dispatcher
     ws: WsServer
     origins: Origins
+    websocket: bool = True  # False on a cluster's peer listener: HTTP only
 
 
 class HttpConnection:
@@ -152,7 +153,7 @@ class HttpConnection:
             if self.refusal is not None:
                 await self._respond(error_response(self.refusal), close=True)
                 return
-            if request.path == WS_PATH and request.is_websocket():
+            if request.path == WS_PATH and request.is_websocket() and self.srv.websocket:
                 await self._upgrade(request)
                 return
             lifecycle.http_busy += 1

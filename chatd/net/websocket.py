@@ -30,6 +30,7 @@ from wsproto.events import CloseConnection, Message, Ping
 from wsproto.utilities import RemoteProtocolError
 
 from chatd.config import Config
+from chatd.domain import validate
 from chatd.domain.accounts import Accounts, now_ms, token_digest
 from chatd.domain.errors import (
     BadRequest,
@@ -323,10 +324,14 @@ class Conn(Outbound):
 
     def _hello(self, hello: frames.Hello) -> None:
         srv = self.srv
+        # A token names its user (``<user_id>.<random>``), so a hello on another shard than
+        # the user's home is redirected before the token is looked up (it lives there).
+        named, dot, _ = hello.token.partition(".")
+        if dot and validate.USER_ID.fullmatch(named):
+            home = srv.router.home(named)
+            if not home.local:
+                raise WrongShard(f"{named} lives on shard {home.shard}", ws_url=home.url)
         user, expires_at = srv.accounts.authenticate_until(hello.token)
-        home = srv.router.home(user)
-        if not home.local:
-            raise WrongShard(f"{user} lives on shard {home.shard}", ws_url=home.url)
         cap = srv.config.limits.max_sessions_per_user
         if srv.sessions.count(user) >= cap:
             raise TooManySessions(f"at most {cap} sessions per user")
@@ -414,6 +419,7 @@ class Conn(Outbound):
         the transport's table gives it (1008 if none)."""
         self.reply(protocol_error_frame(code, message))
         self.close(CLOSE_CODE.get(code, 1008), message)
+
 
 class WsServer:
     """Runs upgraded connections; holds what they share (one reference per connection)."""

@@ -1,0 +1,148 @@
+"""Applies what other shards relayed to this one, once each and in channel order.
+
+Records come from this shard's Redis stream (:meth:`Applier.on_records`, called by the
+broker) and, for a send this shard forwarded, straight from the sequencer's answer
+(:meth:`Applier.offer`); the same record may come both ways, or twice. Each batch is one
+LMDB transaction of ``replica_tx.apply_message`` calls; after its commit, in commit order, the
+new inbox entries go to online devices, a forwarded send's device gets its ack, and records
+that arrived before their predecessor wait in ``held`` until it is applied. Applied and
+duplicate records are confirmed to their sequencer, which then deletes them from its outbox.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import trio
+
+from chatd.cluster import wire
+from chatd.cluster.publisher import Publisher, Sender
+from chatd.domain.messaging import Messenger
+from chatd.domain.ports import DeviceSink
+from chatd.domain.replica_tx import APPLIED, EARLY, Replicated, apply_message
+from storage import Store, WriteTx
+
+log = logging.getLogger("chatd.cluster")
+
+
+def _apply_all(tx: WriteTx, batch: list[wire.Relayed]) -> list[Replicated]:
+    return [apply_message(tx, r.message, prev=r.prev, members=r.members, ref=r.ref) for r in batch]
+
+
+class Applier:
+    def __init__(
+        self, here: str, store: Store, messenger: Messenger, publisher: Publisher, broker: Sender
+    ) -> None:
+        self.here = here
+        self.store = store
+        self.messenger = messenger
+        self.publisher = publisher
+        self.broker = broker
+        #: forwarded sends waiting for their record: (sender, ref) -> (device, set when acked)
+        self.waiting: dict[tuple[str, str], tuple[DeviceSink, trio.Event]] = {}
+        #: records whose predecessor is not applied yet: (channel, prev) -> (entry id, record)
+        self.held: dict[tuple[str, int], tuple[str, wire.Relayed]] = {}
+        self.applied = 0
+        self.duplicates = 0
+
+    async def on_records(self, entries: Sequence[tuple[str, bytes]]) -> list[str]:
+        """A batch from the stream; the entry ids that may be acknowledged."""
+        done: list[str] = []
+        batch: list[tuple[str, wire.Relayed]] = []
+        for entry_id, payload in entries:
+            try:
+                record = wire.decode(payload)
+            except ValueError as exc:
+                log.error("dropping stream entry %s: %s", entry_id, exc)
+                done.append(entry_id)
+                continue
+            if isinstance(record, wire.Relayed):
+                batch.append((entry_id, record))
+            else:
+                self.publisher.confirmed(record[1])
+                done.append(entry_id)
+        if batch:
+            done += await self._apply(batch)
+        return done
+
+    async def offer(self, payload: bytes) -> None:
+        """A record handed over by its sequencer in answer to a forwarded send."""
+        record = wire.decode(payload)
+        if isinstance(record, wire.Relayed):
+            await self._apply([("", record)])
+
+    async def _apply(self, batch: list[tuple[str, wire.Relayed]]) -> list[str]:
+        done: list[str] = []
+        confirms: dict[str, list[int]] = {}
+        while batch:
+            ready: list[tuple[str, wire.Relayed]] = []
+            records = [r for _, r in batch]
+            results = await self.store.write(
+                partial(_apply_all, batch=records),
+                partial(self._committed, batch, ready=ready),
+            )
+            for (entry_id, record), result in zip(batch, results, strict=True):
+                if result.outcome != EARLY:
+                    if entry_id:
+                        done.append(entry_id)
+                    confirms.setdefault(record.origin, []).append(record.seq)
+            batch = ready
+        await self._confirm(confirms)
+        return done
+
+    def _committed(
+        self,
+        batch: list[tuple[str, wire.Relayed]],
+        results: list[Replicated],
+        *,
+        ready: list[tuple[str, wire.Relayed]],
+    ) -> None:
+        """In commit order: deliver, answer forwarded sends, hold early records and release
+        those whose predecessor just landed."""
+        for (entry_id, record), result in zip(batch, results, strict=True):
+            message = record.message
+            if result.outcome == EARLY:
+                self.held[(message.channel, record.prev)] = (entry_id, record)
+                continue
+            waiter = self.waiting.pop((message.sender, record.ref), None) if record.ref else None
+            device = None
+            if waiter is not None:
+                device = waiter[0]
+                waiter[1].set()
+            if result.outcome == APPLIED:
+                self.applied += 1
+                self.messenger.fan_out(result.inbox, message, exclude=device)
+                ack = result.ack
+            else:
+                self.duplicates += 1
+                ack = self.store.sent_ack(message.sender, record.ref) if device else None
+            if device is not None:
+                answer: dict[str, Any] = {"type": "ack", "ref": record.ref, **(ack or {})}
+                device.finished(answer)
+            successor = self.held.pop((message.channel, message.msg_id), None)
+            if successor is not None:
+                ready.append(successor)
+
+    async def _confirm(self, confirms: dict[str, list[int]]) -> None:
+        if not confirms:
+            return
+        out = [(origin, wire.confirm_payload(self.here, seqs)) for origin, seqs in confirms.items()]
+        try:
+            await self.broker.send(out)
+        except Exception as exc:  # BrokerDown: the sequencer sends them again; confirm then
+            log.debug("confirmations not sent: %s", exc)
+
+    def expect(self, sender: str, ref: str, device: DeviceSink) -> trio.Event:
+        """A forwarded send: its device gets the ack once the record is applied here; the
+        event is set then."""
+        event = trio.Event()
+        self.waiting[(sender, ref)] = (device, event)
+        return event
+
+    def give_up(self, sender: str, ref: str) -> DeviceSink | None:
+        """Stop waiting for a forwarded send's record; its device, if it was still waiting."""
+        waiter = self.waiting.pop((sender, ref), None)
+        return None if waiter is None else waiter[0]

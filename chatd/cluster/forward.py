@@ -1,0 +1,129 @@
+"""Sends that need another shard first: the domain's ``Remote`` port.
+
+``forward``: the channel is sequenced elsewhere. The send goes to that shard's peer listener
+(``POST /peer/send``), which commits it (the ack means "stored on the sequencer") and answers
+with the record for this shard; applying it here gives the sender its inbox entry, and then
+the device its ack. A duplicate ref answers without a record: the ack follows when the
+sequencer's record arrives through Redis. ``resolve``: the 1:1 recipient is homed elsewhere and
+not known here yet; one peer call finds out whether the account exists.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+
+import trio
+
+from chatd.cluster import wire
+from chatd.cluster.applier import Applier
+from chatd.cluster.peer import PeerDown, Peers
+from chatd.domain import errors
+from chatd.domain.errors import ChatError, NotFound, Unavailable
+from chatd.domain.ports import DeviceSink, Place
+
+log = logging.getLogger("chatd.cluster")
+CODES: dict[str, type[ChatError]] = {
+    cls.code: cls
+    for cls in vars(errors).values()
+    if isinstance(cls, type) and issubclass(cls, ChatError) and cls is not ChatError
+}
+
+
+def error_from(code: str, message: str, ref: str = "") -> ChatError:
+    """The domain error a peer answered with (``unavailable`` for codes unknown here)."""
+    exc = CODES.get(code, Unavailable)(message)
+    exc.ref = ref or None
+    return exc
+
+
+class Forwarding:
+    def __init__(
+        self,
+        peers: Peers,
+        applier: Applier,
+        home: Callable[[str], Place],
+        nursery: trio.Nursery,
+        *,
+        timeout: float = 10.0,
+        known_max: int = 100_000,
+    ) -> None:
+        self.peers = peers
+        self.applier = applier
+        self.home = home
+        self.nursery = nursery
+        self.timeout = timeout
+        self.known: OrderedDict[str, None] = OrderedDict()  # users homed elsewhere that exist
+        self.known_max = known_max
+        #: ``Messenger.send``, set by the composition root once the messenger exists
+        self.send_again: Callable[..., None] | None = None
+
+    def knows(self, user_id: str) -> bool:
+        return user_id in self.known
+
+    def learn(self, user_id: str) -> None:
+        self.known[user_id] = None
+        if len(self.known) > self.known_max:
+            self.known.popitem(last=False)
+
+    async def exists(self, user_id: str) -> bool:
+        """Whether ``user_id`` has an account (asking its home shard if need be)."""
+        if self.knows(user_id):
+            return True
+        response = await self.peers.request(
+            self.home(user_id).shard, "GET", f"/peer/exists/{user_id}"
+        )
+        if response.status == 200:
+            self.learn(user_id)
+            return True
+        if response.status == 404:
+            return False
+        raise Unavailable(f"home shard of {user_id} answered {response.status}")
+
+    def resolve(self, device: DeviceSink, ref: str, body: str, to: str) -> None:
+        self.nursery.start_soon(self._resolve, device, ref, body, to)
+
+    async def _resolve(self, device: DeviceSink, ref: str, body: str, to: str) -> None:
+        try:
+            if not await self.exists(to):
+                raise NotFound(f"no user {to!r}", ref=ref)
+            assert self.send_again is not None
+            self.send_again(device, ref, body, to=to)
+        except ChatError as exc:
+            exc.ref = ref
+            device.finished(exc)
+        except PeerDown as exc:
+            device.finished(Unavailable(str(exc), ref=ref, retry_after=1.0))
+
+    def forward(self, device: DeviceSink, ref: str, channel: str, body: str, to: Place) -> None:
+        self.nursery.start_soon(self._forward, device, ref, channel, body, to)
+
+    async def _forward(
+        self, device: DeviceSink, ref: str, channel: str, body: str, to: Place
+    ) -> None:
+        user = device.user_id
+        if (user, ref) in self.applier.waiting:  # the same ref is on its way already
+            device.finished(Unavailable("this ref is being sent", ref=ref, retry_after=1.0))
+            return
+        acked = self.applier.expect(user, ref, device)
+        request = {"sender": user, "ref": ref, "channel": channel, "body": body}
+        try:
+            response = await self.peers.request(
+                to.shard, "POST", "/peer/send", body=wire.pack(request)
+            )
+            answer = wire.unpack(response.body) if response.body else {}
+            if response.status != 200:
+                raise error_from(answer.get("error", ""), answer.get("message", ""), ref)
+            if answer.get("record"):
+                await self.applier.offer(answer["record"])
+            with trio.move_on_after(self.timeout):
+                await acked.wait()
+            if self.applier.give_up(user, ref) is not None:
+                raise Unavailable("stored, but not applied here yet: send again", ref=ref)
+        except ChatError as exc:
+            if self.applier.give_up(user, ref) is not None:
+                device.finished(exc)
+        except PeerDown as exc:
+            if self.applier.give_up(user, ref) is not None:
+                device.finished(Unavailable(str(exc), ref=ref, retry_after=1.0))

@@ -1,0 +1,178 @@
+"""HTTP in a cluster: any shard answers any request (docs/cluster.md).
+
+:class:`Gateway` sits in front of the API routes on the public listener. A request that
+belongs to a user homed on another shard (signup and login by the body's ``user_id``, every
+other call by its token, which starts with the user_id) is forwarded whole to that shard's
+peer listener, and its answer relayed unchanged. A request of a user homed here about a
+channel sequenced elsewhere (a group, a channel's messages) or about a user homed elsewhere is
+authenticated here and forwarded to the owner with the user asserted.
+
+:class:`PeerApi` serves the peer listener: it refuses any call without the cluster secret
+(403), answers the internal ``/peer/...`` routes, and runs forwarded public requests as if
+they had arrived here (with the caller's address, or the asserted user).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import re
+from urllib.parse import urlencode
+
+from chatd.cluster import wire
+from chatd.cluster.peer import CLIENT_HEADER, HOPS_HEADER, USER_HEADER, PeerDown, Peers
+from chatd.cluster.router import ClusterRouter
+from chatd.domain import validate
+from chatd.domain.accounts import Accounts
+from chatd.domain.errors import ChatError, Forbidden, NotFound, Unavailable
+from chatd.domain.messaging import Messenger
+from chatd.net.api import Api
+from chatd.net.errormap import error_body, http_status
+from chatd.net.routing import Request, Response, Text, error_response
+from storage import StorageUnavailable
+
+CHANNEL_ROUTE = re.compile(r"^/v1/(?:groups|channels)/([^/]+)(?:/|$)")
+USER_ROUTE = re.compile(r"^/v1/users/([^/]+)$")
+PASSED_HEADERS = ("retry-after", "allow")
+MAX_HOPS = 2
+
+
+def token_user(token: str) -> str:
+    """The user a token names (tokens are ``<user_id>.<random>``); "" if none."""
+    user, dot, _ = token.partition(".")
+    return user if dot and validate.USER_ID.fullmatch(user) else ""
+
+
+def _body_user(body: bytes) -> str:
+    try:
+        user = json.loads(body).get("user_id")
+    except (ValueError, AttributeError, UnicodeDecodeError, RecursionError):
+        return ""
+    return user if isinstance(user, str) and validate.USER_ID.fullmatch(user) else ""
+
+
+class Gateway:
+    def __init__(self, api: Api, router: ClusterRouter, peers: Peers, accounts: Accounts) -> None:
+        self.api = api
+        self.router = router
+        self.peers = peers
+        self.accounts = accounts
+
+    async def dispatch(self, request: Request) -> Response:
+        try:
+            owner = self._owner(request)
+        except ChatError as exc:
+            return error_response(exc)
+        if owner is None:
+            return await self.api.dispatch(request)
+        return await self.forward(owner[0], request, asserted=owner[1])
+
+    def _owner(self, request: Request) -> tuple[str, str] | None:
+        """(shard, asserted user or "") that must answer ``request``; None: this shard."""
+        if request.method == "POST" and request.path in ("/v1/signup", "/v1/login"):
+            user = _body_user(request.body)
+            home = self.router.home(user) if user else None
+            return (home.shard, "") if home is not None and not home.local else None
+        user = request.user_id or token_user(request.bearer())
+        if not user:
+            return None
+        home = self.router.home(user)
+        if not home.local:
+            return (home.shard, "") if not request.user_id else None
+        owner = ""
+        if m := CHANNEL_ROUTE.match(request.path):
+            place = self.router.sequencer(m.group(1))
+            owner = "" if place.local else place.shard
+        elif m := USER_ROUTE.match(request.path):
+            if validate.USER_ID.fullmatch(m.group(1)):
+                place = self.router.home(m.group(1))
+                owner = "" if place.local else place.shard
+        if not owner:
+            return None
+        if not request.user_id:  # authenticated here, where the token lives
+            self.accounts.authenticate(request.bearer())
+        return owner, user
+
+    async def forward(self, shard: str, request: Request, *, asserted: str = "") -> Response:
+        hops = int(request.headers.get(HOPS_HEADER, "0") or 0) + 1
+        if hops > MAX_HOPS:
+            return error_response(Unavailable("cluster routing loop: check the discovery files"))
+        headers = {CLIENT_HEADER: request.client, HOPS_HEADER: str(hops)}
+        if asserted:
+            headers[USER_HEADER] = asserted
+        else:
+            headers["authorization"] = request.headers.get("authorization", "")
+        if "content-type" in request.headers:
+            headers["content-type"] = request.headers["content-type"]
+        target = request.path + (
+            "?" + urlencode(request.query, doseq=True) if request.query else ""
+        )
+        method = "GET" if request.method == "HEAD" else request.method
+        try:
+            answer = await self.peers.request(
+                shard, method, target, body=request.body, headers=headers
+            )
+        except PeerDown as exc:
+            return error_response(
+                Unavailable(f"shard {shard} is unreachable: {exc}", retry_after=1)
+            )
+        passed = [
+            (k.encode(), v.encode()) for k, v in answer.headers.items() if k in PASSED_HEADERS
+        ]
+        if answer.status == 204 or not answer.body:
+            return Response(answer.status, None, passed)
+        kind = answer.headers.get("content-type", "application/json").encode()
+        return Response(answer.status, Text(answer.body, kind), passed)
+
+
+class PeerApi:
+    """The peer listener's routes; every call must carry the cluster secret."""
+
+    def __init__(
+        self,
+        secret: str,
+        gateway: Gateway,
+        messenger: Messenger,
+        accounts: Accounts,
+        router: ClusterRouter,
+    ) -> None:
+        self.secret = secret.encode()
+        self.gateway = gateway
+        self.messenger = messenger
+        self.accounts = accounts
+        self.router = router
+
+    async def dispatch(self, request: Request) -> Response:
+        given = request.headers.get("x-chatd-secret", "").encode()
+        if not hmac.compare_digest(given, self.secret):
+            return error_response(Forbidden("peer calls need the cluster secret"))
+        request.client = request.headers.get(CLIENT_HEADER, request.client)
+        try:
+            if request.path == "/peer/send" and request.method == "POST":
+                return await self._send(request)
+            if request.path.startswith("/peer/exists/") and request.method == "GET":
+                user = request.path.rsplit("/", 1)[1]
+                if self.accounts.store.account(user) is None:
+                    raise NotFound(f"no user {user!r}")
+                return Response(200, {"user_id": user})
+        except ChatError as exc:
+            return _packed(http_status(exc), error_body(exc))
+        except StorageUnavailable as exc:
+            return _packed(503, {"error": "unavailable", "message": str(exc)})
+        request.user_id = request.headers.get(USER_HEADER, "")
+        return await self.gateway.dispatch(request)
+
+    async def _send(self, request: Request) -> Response:
+        try:
+            args = wire.unpack(request.body)
+            sender, ref, channel, body = (args[k] for k in ("sender", "ref", "channel", "body"))
+        except (ValueError, KeyError, TypeError) as exc:
+            return _packed(400, {"error": "bad_request", "message": f"bad peer send: {exc}"})
+        appended = await self.messenger.commit_forwarded(sender, ref, channel, body)
+        home = self.router.home(sender).shard
+        record = appended.relayed.get(home)
+        return _packed(200, {"ack": appended.ack, "record": record})
+
+
+def _packed(status: int, value: object) -> Response:
+    return Response(status, Text(wire.pack(value), b"application/msgpack"))

@@ -1,0 +1,93 @@
+"""Sends the cluster outbox to the other shards and deletes what they confirm.
+
+Records wait in LMDB (topic ``cluster`` of the outbox) from the commit of their message until
+their destination confirms it applied them, so neither a crash, nor a Redis restart, nor a lost
+stream entry loses one: an unconfirmed record is sent again every ``resend_after`` seconds, and
+destinations apply idempotently. Sends are pipelined XADDs, one round trip per wake-up.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+import trio
+
+from chatd.cluster import wire
+from chatd.cluster.relay import TOPIC
+from storage import Store
+
+log = logging.getLogger("chatd.cluster")
+NEVER = float("-inf")
+
+
+class Sender(Protocol):
+    async def send(self, records: list[tuple[str, bytes]]) -> None: ...
+
+
+class Publisher:
+    def __init__(
+        self, store: Store, broker: Sender, *, resend_after: float = 5.0, batch: int = 1024
+    ) -> None:
+        self.store = store
+        self.broker = broker
+        self.resend_after = resend_after
+        self.batch = batch
+        #: outbox seq -> [destination, payload, when last sent]
+        self.unconfirmed: dict[int, list[Any]] = {}
+        self.loaded = 0  # the highest outbox seq read into ``unconfirmed``
+        self.done: list[int] = []  # confirmed seqs waiting to be deleted
+        self._wake = trio.Event()
+        self.sent = 0
+        self.resent = 0
+
+    def kick(self) -> None:
+        """New records were committed: send them now."""
+        self._wake.set()
+
+    def confirmed(self, seqs: Iterable[int]) -> None:
+        for seq in seqs:
+            self.unconfirmed.pop(seq, None)
+            self.done.append(seq)
+        self._wake.set()
+
+    def pending(self) -> int:
+        return len(self.unconfirmed)
+
+    async def run(self) -> None:
+        while True:
+            self._load()
+            await self._send_due()
+            if self.done:
+                done, self.done = self.done, []
+                await self.store.outbox_delete(TOPIC, done)
+            self._wake = trio.Event()
+            with trio.move_on_after(min(1.0, self.resend_after)):
+                await self._wake.wait()
+
+    def _load(self) -> None:
+        while True:
+            rows = self.store.outbox_pending(TOPIC, self.batch, after=self.loaded)
+            for seq, raw in rows:
+                dest, payload = wire.unpack(raw)
+                self.unconfirmed[seq] = [dest, payload, NEVER]
+                self.loaded = seq
+            if len(rows) < self.batch:
+                return
+
+    async def _send_due(self) -> None:
+        now = trio.current_time()
+        due = [e for e in self.unconfirmed.values() if e[2] + self.resend_after <= now]
+        for start in range(0, len(due), self.batch):
+            chunk = due[start : start + self.batch]
+            try:
+                await self.broker.send([(e[0], e[1]) for e in chunk])
+            except Exception as exc:  # BrokerDown: keep them, try again later
+                log.debug("cluster outbox not sent: %s", exc)
+                return
+            for entry in chunk:
+                if entry[2] != NEVER:
+                    self.resent += 1
+                entry[2] = now
+            self.sent += len(chunk)
