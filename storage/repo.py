@@ -10,7 +10,9 @@ batch (see ``storage/committer.py``). An exception raised by ``fn`` rolls back e
 wrote and is handed back to its caller; the other functions of the batch still commit.
 
 A ``WriteTx`` is valid only during its function's call, in the writer thread: keep no
-reference to it, do no I/O and touch no shared mutable state from it.
+reference to it, do no I/O and touch no shared mutable state from it. A function may run more
+than once before its batch commits (the batch is run again when another op in it raises, or
+when the map must grow); only the last run's writes and result count.
 """
 
 from __future__ import annotations
