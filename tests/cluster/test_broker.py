@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 import coredis
 import pytest
 import trio
+from coredis.tokens import PureToken
 
 from chatd.cluster.broker import Broker, BrokerDown, stream_key
 from tests.cluster.redis import RedisServer
@@ -257,6 +258,25 @@ async def test_maxlen_keeps_the_stream_bounded(redis_server: RedisServer) -> Non
     assert 100 <= length <= 200
     assert newest[0].field_values[b"r"] == b"1999"
     assert a.sent == 2000
+
+
+async def test_a_pending_entry_whose_data_was_trimmed_is_dropped(redis_server: RedisServer) -> None:
+    b = Broker(redis_server.url, "b")
+    b.pending_every = 0.1
+    inbox = Inbox(ack=lambda payload: payload != b"old")
+    async with running(b, inbox):
+        await b.send([("b", b"old")])
+        await inbox.wait(lambda: b"old" in inbox.payloads)
+        async with redis_client(redis_server.url) as client:
+            await client.xtrim(stream_key("b"), PureToken.MAXLEN, 0)
+        # The pending entry now reads as (id, nil): acked and counted, not offered forever.
+        await eventually(lambda: b.errors == 1 and b.acked == 1)
+        offered = len(inbox.payloads)
+        await b.send([("b", b"new")])
+        await inbox.wait(lambda: b"new" in inbox.payloads)
+        assert inbox.payloads[offered:] == [b"new"]
+        await eventually(lambda: b.acked == 2)
+    assert await pending_count(redis_server.url, "b") == 0
 
 
 async def test_send_without_run_and_empty_send() -> None:
