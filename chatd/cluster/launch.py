@@ -109,15 +109,15 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def plan(opts: Options) -> list[Shard]:
-    """The shards s1..sN on loopback: fixed ports from ``--port``, or free ones."""
+def plan(opts: Options, free: list[int] | None = None) -> list[Shard]:
+    """The shards s1..sN on loopback: ports from ``--port``, or else taken from ``free``."""
     n = opts.shards
     if opts.port:
         urls = [opts.port + i for i in range(1, n + 1)]
         peers = [opts.port + 100 + i for i in range(1, n + 1)]
     else:
-        ports = free_ports(2 * n)
-        urls, peers = ports[:n], ports[n:]
+        ports = free if free is not None else free_ports(2 * n)
+        urls, peers = ports[:n], ports[n : 2 * n]
     return [
         Shard(name=f"s{i + 1}", url=f"http://127.0.0.1:{urls[i]}", peer=f"127.0.0.1:{peers[i]}")
         for i in range(n)
@@ -177,11 +177,12 @@ class _Cluster:
     async def _start(self) -> None:
         opts = self.opts
         opts.data.mkdir(parents=True, exist_ok=True)
-        shards = plan(opts)
+        free = free_ports(2 * opts.shards + 1)  # distinct: one call binds them all at once
+        shards = plan(opts, free)
         broker_url = ""
         try:
             if self.redis_server is not None:
-                port = opts.redis_port or free_ports(1)[0]
+                port = opts.redis_port or free[-1]
                 broker_url = f"redis://127.0.0.1:{port}/0"
                 self.redis = await self._spawn("redis", self._redis_argv(port), pump=False)
                 with trio.move_on_after(READY_TIMEOUT) as waited:

@@ -123,8 +123,12 @@ def launched(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> I
 
 
 def healthz(url: str) -> int:
-    with urllib.request.urlopen(f"{url}/healthz", timeout=10) as response:
-        return int(response.status)
+    """GET /healthz's status; 0 when nothing answers (the shard died)."""
+    try:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=10) as response:
+            return int(response.status)
+    except OSError:
+        return 0
 
 
 def wait_gone(children: list[tuple[int, str]], timeout: float = 10.0) -> list[int]:
@@ -141,7 +145,7 @@ def test_two_shards_come_up_answer_and_stop_on_sigterm(tmp_path: Path) -> None:
         urls = launcher.shard_urls()
         assert sorted(urls) == ["s1", "s2"]
         for url in urls.values():
-            assert healthz(url) == 200
+            assert healthz(url) == 200, launcher.stderr
         children = launcher.children()
         assert len(children) == 3  # redis-server and two shards
 
@@ -178,7 +182,7 @@ def test_one_shard_needs_no_redis(tmp_path: Path) -> None:
     env = {"PATH": str(Path(sys.executable).parent)}
     with launched(tmp_path, "--shards", "1", env=env) as launcher:
         launcher.wait_for("chatd cluster ready")
-        assert healthz(launcher.shard_urls()["s1"]) == 200
+        assert healthz(launcher.shard_urls()["s1"]) == 200, launcher.stderr
         children = launcher.children()
         assert len(children) == 1
         launcher.proc.send_signal(signal.SIGINT)
