@@ -144,13 +144,19 @@ def build(
         node.applier = Applier(node.here, store, messenger, node.publisher, node.broker)
         node.forwarding.applier = node.applier
         node.forwarding.send_again = messenger.send
+        node.forwarding.account = lambda user_id: store.account(user_id) is not None
     receipts = Receipts(
         store,
         sessions,
         read_limiter=RateLimiter(limits.read_rate, limits.read_burst),
         typing_limiter=RateLimiter(limits.typing_rate, limits.typing_burst),
     )
-    groups = Groups(store, max_members=limits.max_group_members)
+    groups = Groups(
+        store,
+        max_members=limits.max_group_members,
+        exists=node.forwarding.exists if node else None,
+        local=(lambda channel: router.sequencer(channel).local) if node else None,
+    )
     presence = Presence(
         store, sessions, grace=config.presence.grace, draining=lambda: lifecycle.draining
     )

@@ -56,6 +56,8 @@ class Forwarding:
         self.timeout = timeout
         self.known: OrderedDict[str, None] = OrderedDict()  # users homed elsewhere that exist
         self.known_max = known_max
+        #: whether an account is stored here, set by the composition root
+        self.account: Callable[[str], bool] = lambda user_id: False
         #: ``Messenger.send``, set by the composition root once the messenger exists
         self.send_again: Callable[..., None] | None = None
 
@@ -71,9 +73,14 @@ class Forwarding:
         """Whether ``user_id`` has an account (asking its home shard if need be)."""
         if self.knows(user_id):
             return True
-        response = await self.peers.request(
-            self.home(user_id).shard, "GET", f"/peer/exists/{user_id}"
-        )
+        if self.home(user_id).local:
+            return self.account(user_id)
+        try:
+            response = await self.peers.request(
+                self.home(user_id).shard, "GET", f"/peer/exists/{user_id}"
+            )
+        except PeerDown as exc:
+            raise Unavailable(str(exc), retry_after=1.0) from None
         if response.status == 200:
             self.learn(user_id)
             return True
@@ -93,8 +100,6 @@ class Forwarding:
         except ChatError as exc:
             exc.ref = ref
             device.finished(exc)
-        except PeerDown as exc:
-            device.finished(Unavailable(str(exc), ref=ref, retry_after=1.0))
 
     def forward(self, device: DeviceSink, ref: str, channel: str, body: str, to: Place) -> None:
         self.nursery.start_soon(self._forward, device, ref, channel, body, to)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
@@ -26,9 +27,23 @@ def group_view(channel: str, group: Group) -> dict[str, Any]:
 
 
 class Groups:
-    def __init__(self, store: Store, *, max_members: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_members: int,
+        exists: Callable[[str], Awaitable[bool]] | None = None,
+        local: Callable[[str], bool] | None = None,
+    ) -> None:
         self.store = store
         self.cap = max_members
+        #: whether an account exists (in a cluster, maybe on another shard)
+        self.exists = exists or self._exists_here
+        #: whether a channel is sequenced here (a cluster creates groups that are)
+        self.local = local or (lambda channel: True)
+
+    async def _exists_here(self, user_id: str) -> bool:
+        return self.store.account(user_id) is not None
 
     def _group(self, channel: str) -> Group:
         group = self.store.group(channel) if channels.GROUP_ID.fullmatch(channel) else None
@@ -49,9 +64,11 @@ class Groups:
         if len(members) > self.cap:
             raise BadRequest(f"a group has at most {self.cap} members, the owner included")
         for user in members[1:]:
-            if self.store.account(user) is None:
+            if not await self.exists(user):
                 raise NotFound(f"no user {user!r}")
         channel = channels.new_group_id()
+        while not self.local(channel):  # in a cluster: a group lives on its creator's shard
+            channel = channels.new_group_id()
         op = partial(
             groups_tx.create_group,
             channel=channel,
@@ -74,7 +91,7 @@ class Groups:
         if group.owner != user_id:
             raise Forbidden("only the group's owner adds members")
         member = validate.user_id(member)
-        if self.store.account(member) is None:
+        if not await self.exists(member):
             raise NotFound(f"no user {member!r}")
         op = partial(groups_tx.add_member, channel=channel, user_id=member, cap=self.cap)
         group = await self.store.write(op)

@@ -1,0 +1,87 @@
+"""Real shard processes for the cluster tests: ``python -m chatd serve --discovery ...``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from chatd.cluster.discovery import Discovery, Shard, write_discovery
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Shards:
+    """N shards of one cluster on loopback, each its own process and LMDB directory."""
+
+    def __init__(self, directory: Path, n: int, broker_url: str) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        shards = [
+            Shard(f"s{i}", f"http://127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}")
+            for i in range(1, n + 1)
+        ]
+        self.path = directory / "discovery.toml"
+        self.discovery: Discovery = write_discovery(self.path, shards, broker_url, "t" * 32)
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.config = directory / "chatd.toml"  # tests sign many users up from one address
+        self.config.write_text(
+            "[limits]\nsignup_rate = 1000.0\nsignup_burst = 1000\n"
+            "login_rate = 1000.0\nlogin_burst = 1000\n"
+        )
+
+    def url(self, name: str) -> str:
+        return self.discovery.shard(name).url
+
+    def home(self, user_id: str) -> Shard:
+        return self.discovery.home(user_id)
+
+    def start(self, name: str) -> None:
+        with open(self.directory / f"{name}.log", "ab") as log:  # the child keeps its own
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "chatd", "serve", "--discovery", str(self.path)]
+                + ["--shard", name, "--data", str(self.directory / name)]
+                + ["--config", str(self.config)]
+                + ["--log-level", "WARNING"],
+                stdout=log,
+                stderr=log,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(self.url(name) + "/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"shard {name} did not start: see {self.directory / name}.log")
+
+    def start_all(self) -> None:
+        for shard in self.discovery.shards:
+            self.start(shard.name)
+
+    def kill(self, name: str) -> None:
+        proc = self.procs.pop(name)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        self.procs.clear()
