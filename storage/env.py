@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,6 +93,18 @@ class Txn:
     def cursor(self, db: str) -> Any:
         """An ``lmdb.Cursor`` (typed Any: with ``buffers=False`` keys and values are bytes)."""
         return self.raw.cursor(db=self._dbs[db])
+
+
+class _Reading(Txn):
+    """A read-only :class:`Txn` that ends (releases its snapshot) when its ``with`` block does."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> Txn:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.raw.abort()  # read-only: nothing to commit, and it frees the reader slot alike
 
 
 class Counters:
@@ -199,10 +210,12 @@ class Env:
             self.dbs = {name: self.env.open_db(name.encode(), txn=txn) for name in DATABASES}
         self.counters = Counters()
 
-    @contextmanager
-    def read(self) -> Iterator[Txn]:
-        with self.env.begin(buffers=False) as raw:
-            yield Txn(raw, self.dbs)
+    def read(self) -> _Reading:
+        """A read-only transaction, for ``with env.read() as txn:``.
+
+        A plain class, not ``@contextmanager``: its generator cost about a third of a small
+        read, and the send path makes two reads per message."""
+        return _Reading(self.env.begin(buffers=False), self.dbs)
 
     def commit_batch(self, batch: Sequence[Op]) -> None:
         """Run every op in one write transaction; an op that raises is rolled back alone.
