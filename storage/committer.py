@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from storage.env import Env, MapFull, Op, Txn
+from storage.env import Env, MapFull, Op
 from storage.errors import StorageUnavailable
 
 log = logging.getLogger("chatd.storage")
@@ -59,12 +59,13 @@ class Committer:
 
     async def write(
         self,
-        fn: Callable[[Txn], T],
+        fn: Callable[[Any], T],
         after_commit: Callable[[T], None] | None = None,
         *,
         size: int = OP_BYTES,
     ) -> T:
-        """Run ``fn(txn)`` in the next batch; return its result once durable.
+        """Run ``fn(tx)`` in the next batch (``tx``: the env's view of the batch transaction);
+        return its result once durable.
 
         Waits first while the queue holds ``max_bytes`` (``size`` is the op's size hint).
         If the caller is cancelled after queueing, the op still commits and its hook still runs.
@@ -75,10 +76,10 @@ class Committer:
             await self._room.wait()
         done = trio.Event()
 
-        def finished(op: Op) -> None:
+        def finished(result: Any, error: BaseException | None) -> None:
             try:
-                if op.error is None and after_commit is not None:
-                    after_commit(op.result)
+                if error is None and after_commit is not None:
+                    after_commit(result)
             finally:
                 done.set()
 
@@ -99,9 +100,14 @@ class Committer:
         return op.result  # type: ignore[no-any-return]
 
     def submit(
-        self, fn: Callable[[Txn], Any], on_done: Callable[[Op], None], *, size: int = OP_BYTES
+        self,
+        fn: Callable[[Any], Any],
+        on_done: Callable[[Any, BaseException | None], None],
+        *,
+        size: int = OP_BYTES,
     ) -> None:
-        """Queue ``fn`` without waiting; ``on_done(op)`` runs after its batch, in commit order.
+        """Queue ``fn`` without waiting; ``on_done(result, error)`` runs after its batch, in
+        commit order.
 
         Raises ``trio.WouldBlock`` when the queue is full (in ops, or in bytes counting this
         op's ``size`` hint) and StorageUnavailable when closed.
@@ -154,7 +160,7 @@ class Committer:
         self.ops += len(batch)
         for op in batch:
             try:
-                op.on_done(op)
+                op.on_done(op.result, op.error)
             except Exception:  # a bug in one hook must not strand the other callers
                 log.exception("after-commit hook failed")
 

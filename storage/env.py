@@ -173,13 +173,14 @@ class Counters:
         self.undo = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Op:
-    """One caller's write: ``fn(txn)`` runs inside the shared batch transaction; ``on_done(op)``
-    runs on the event loop once the batch is committed (or failed)."""
+    """One caller's write: ``fn(tx)`` runs inside the shared batch transaction (``tx`` is the
+    environment's view of it, see :class:`Env`); ``on_done(result, error)`` runs on the event
+    loop once the batch is committed (or failed)."""
 
-    fn: Callable[[Txn], Any]
-    on_done: Callable[[Op], None]
+    fn: Callable[[Any], Any]
+    on_done: Callable[[Any, BaseException | None], None]
     result: Any = None
     error: BaseException | None = None
 
@@ -189,9 +190,21 @@ class MapFull(StorageError):
 
 
 class Env:
-    def __init__(self, path: str, *, map_size: int, max_map_size: int, sync: bool) -> None:
+    """The environment. Write ops get ``view(txn)`` (the :class:`Txn` itself if ``view`` is
+    None): the store passes its typed ``WriteTx``, built once per batch in the flat run."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        map_size: int,
+        max_map_size: int,
+        sync: bool,
+        view: Callable[[Txn], Any] | None = None,
+    ) -> None:
         os.makedirs(path, exist_ok=True)
         self.max_map_size = max_map_size
+        self.view = view
         try:
             self.env = lmdb.open(
                 path,
@@ -248,9 +261,10 @@ class Env:
         committed = False
         try:
             txn = Txn(raw, self.dbs, counters)
+            tx = txn if self.view is None else self.view(txn)
             try:
                 for op in batch:
-                    op.result = op.fn(txn)
+                    op.result = op.fn(tx)
             except (lmdb.BadValsizeError, lmdb.KeyExistsError):
                 return False  # a bad key or value in one op: the nested run finds which
             except lmdb.Error:
@@ -269,7 +283,7 @@ class Env:
 
     def _run_nested(self, batch: Sequence[Op]) -> None:
         """Every op in a nested transaction of its own, so one that raises is undone alone."""
-        counters = self.counters
+        counters, view = self.counters, self.view
         counters.undo = {}
         committed = False
         try:
@@ -277,7 +291,8 @@ class Env:
                 for op in batch:
                     child = self.env.begin(write=True, parent=parent)
                     try:
-                        op.result = op.fn(Txn(child, self.dbs, counters))
+                        txn = Txn(child, self.dbs, counters)
+                        op.result = op.fn(txn if view is None else view(txn))
                         op.error = None
                     except (lmdb.BadValsizeError, lmdb.KeyExistsError) as exc:
                         child.abort()  # a bad key or value in this op only

@@ -10,7 +10,7 @@ import trio
 
 from storage import retention
 from storage.committer import OP_BYTES, Committer
-from storage.env import Env, Op, Txn
+from storage.env import Env
 from storage.records import ChannelPage, ChannelState, Group, InboxEntry, InboxPage, Message
 from storage.repo import ReadTx, WriteTx
 
@@ -37,7 +37,9 @@ class Store:
         max_batch: int = 1000,
         max_queue_bytes: int = 64 << 20,
     ) -> None:
-        self.env = Env(path, map_size=map_size, max_map_size=max_map_size, sync=sync)
+        # Write ops see the batch's transaction as a typed WriteTx (one per batch when it runs
+        # flat): every transaction function takes one.
+        self.env = Env(path, map_size=map_size, max_map_size=max_map_size, sync=sync, view=WriteTx)
         self.committer = Committer(self.env, max_batch=max_batch, max_bytes=max_queue_bytes)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -82,7 +84,7 @@ class Store:
         the call waits for room past the cap. ``after_commit(result)`` runs on the event loop
         in commit order, even if the caller is cancelled after queueing.
         """
-        return await self.committer.write(_on_write_tx(fn), after_commit, size=size)
+        return await self.committer.write(fn, after_commit, size=size)
 
     def submit(
         self,
@@ -94,11 +96,7 @@ class Store:
         """:meth:`write` without waiting: ``on_done(result, error)`` runs after the commit, on
         the event loop, in commit order. Raises ``trio.WouldBlock`` if the queue is full and
         StorageUnavailable once closed."""
-
-        def done(op: Op) -> None:
-            on_done(op.result, op.error)
-
-        self.committer.submit(_on_write_tx(fn), done, size=size)
+        self.committer.submit(fn, on_done, size=size)
 
     # -- accounts and tokens
     def account(self, user_id: str) -> dict[str, Any] | None:
@@ -137,8 +135,8 @@ class Store:
         """One bounded chunk of a purge of ``db`` ("tokens" or "refs"), as one write op:
         see :func:`retention.purge_chunk`. Returns (next start or None, deleted)."""
 
-        def chunk(txn: Txn) -> tuple[bytes | None, int]:
-            return retention.purge_chunk(txn, db, cutoff=cutoff, start=start, limit=limit)
+        def chunk(tx: WriteTx) -> tuple[bytes | None, int]:
+            return retention.purge_chunk(tx.txn, db, cutoff=cutoff, start=start, limit=limit)
 
         return await self.committer.write(chunk)
 
@@ -220,8 +218,3 @@ def message_bytes(body: str) -> int:
     """The size hint of a queued message: its body as a str (``sys.getsizeof`` is O(1)), the
     packed UTF-8 copy made in the transaction (at most twice that) and the op's own overhead."""
     return OP_BYTES + 3 * sys.getsizeof(body)
-
-
-def _on_write_tx(fn: Callable[[WriteTx], T]) -> Callable[[Txn], T]:
-    """The committer's op (a function of a raw write transaction) running ``fn``."""
-    return lambda txn: fn(WriteTx(txn))
