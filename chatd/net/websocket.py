@@ -261,7 +261,13 @@ class Conn(Outbound):
 
     def _on_event(self, event: Any, max_frame: int) -> None:
         if isinstance(event, Message):
-            self._on_message(event, max_frame)
+            # Hot path: a short message in one piece needs no reassembly (reassembly.feed's
+            # first case, inlined: two calls less per client frame).
+            data = event.data
+            if event.message_finished and self.partial is None and len(data) <= max_frame // 4:
+                self._on_frame(data)
+            else:
+                self._on_message(event, max_frame)
         elif isinstance(event, Ping):
             self._write(self.ws.send(event.response()))
         elif isinstance(event, CloseConnection):
