@@ -122,7 +122,9 @@ def build(
     With ``discovery``, the server is one shard of a cluster (``chatd/cluster/``)."""
     limits = config.limits
     public_origin, ws_url = public_urls(config, port)
-    node = build_node(discovery, config.server.shard, store, nursery) if discovery else None
+    node = None
+    if discovery is not None and len(discovery.shards) > 1:  # one shard needs no broker
+        node = build_node(discovery, config.server.shard, store, nursery)
     router: Router = node.router if node else LocalRouter()
     lifecycle = Lifecycle(
         ConnectionLimits(config.server.max_connections, limits.max_connections_per_ip)

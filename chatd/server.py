@@ -57,7 +57,7 @@ async def serve(
     listener = listening.open_listener(cfg.host, cfg.port)
     peer_listener = None
     try:
-        if discovery is not None:
+        if discovery is not None and len(discovery.shards) > 1:
             shard = discovery.shard(cfg.shard)
             peer_listener = listening.open_listener(shard.peer_host, shard.peer_port)
         store = Store(

@@ -11,16 +11,12 @@ from collections import defaultdict
 from typing import Any
 
 import trio
-from trio_websocket import (
-    ConnectionClosed,
-    WebSocketConnection,
-    connect_websocket_url,
-    open_websocket_url,
-)
+from trio_websocket import WebSocketConnection, connect_websocket_url
 
 from chatd.client.http import HttpClient
 from tests.cluster.redis import RedisServer
 from tests.cluster.shards import Shards
+from tests.wsraw import RawWs
 
 PASSWORD = "correct horse battery"
 
@@ -89,14 +85,16 @@ async def test_any_shard_answers_and_hello_goes_home(shards: Shards) -> None:
                 other = next(u for u in users if u != user)
                 assert (await http.call("GET", f"/v1/users/{other}"))["user_id"] == other
         elsewhere = next(s for s in shards.discovery.shards if s.name != home.name)
-        async with open_websocket_url(elsewhere.ws_url) as ws:
-            await ws.send_message(json.dumps({"type": "hello", "token": login["token"]}))
-            error = json.loads(await ws.get_message())
-            assert error == {**error, "code": "wrong_shard", "ws_url": home.ws_url}
-            try:
-                await ws.get_message()
-            except ConnectionClosed as closed:
-                assert closed.reason.code == 4002
+        port = int(elsewhere.url.rsplit(":", 1)[1])
+        ws, _ = await RawWs.connect(port, track=False)
+        assert ws is not None
+        try:
+            await ws.send({"type": "hello", "token": login["token"]})
+            frames = await ws.recv_until_closed()
+        finally:
+            await ws.aclose()
+        assert frames == [{**frames[0], "code": "wrong_shard", "ws_url": home.ws_url}]
+        assert ws.close_code == 4002
     # Logout on a shard that is not the user's home stops the token on every shard.
     user = users[0]
     token = logins[user]["token"]
