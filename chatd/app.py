@@ -13,10 +13,10 @@ from urllib.parse import urlsplit
 import trio
 
 from chatd.cluster.applier import Applier
-from chatd.cluster.discovery import Discovery
 from chatd.cluster.gateway import Gateway, PeerApi
 from chatd.cluster.node import Node, build_node
 from chatd.config import Config
+from chatd.discovery import Discovery
 from chatd.domain.accounts import Accounts
 from chatd.domain.groups import Groups
 from chatd.domain.messaging import Messenger

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from chatd.config_errors import ConfigError
+
 if TYPE_CHECKING:
-    from chatd.cluster.discovery import Shard
+    from chatd.discovery import Discovery, Shard
 
-
-class ConfigError(ValueError):
-    """A config key is unknown or its value is invalid; the message names the key."""
+__all__ = ["Config", "ConfigError", "load"]
 
 
 def _positive(key: str, value: float) -> None:
@@ -164,7 +164,7 @@ class PushConfig:
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    #: The discovery file listing the cluster's shards (chatd/cluster/discovery.py); "" = one
+    #: The discovery file listing the cluster's shards (chatd/discovery.py); "" = one
     #: process, everything local, no broker. With it, ``server.shard`` names this process.
     discovery: str = ""
 
@@ -189,11 +189,18 @@ class Config:
             self.cluster_shard()
         return self
 
+    def discovery(self) -> Discovery | None:
+        """The cluster this process belongs to, or None for the single-process default (no
+        discovery file: everything is local and there is no broker)."""
+        from chatd.discovery import load_discovery
+
+        return load_discovery(self.cluster.discovery) if self.cluster.discovery else None
+
     def cluster_shard(self) -> Shard:
-        """This process's entry in the discovery file (chatd/cluster/discovery.py);
+        """This process's entry in the discovery file (chatd/discovery.py);
         ConfigError naming ``server.shard`` (or the file's key) when there is none. Only for a
         config with ``cluster.discovery`` set."""
-        from chatd.cluster.discovery import DiscoveryError, load_discovery
+        from chatd.discovery import DiscoveryError, load_discovery
 
         discovery = load_discovery(self.cluster.discovery)
         if not self.server.shard:

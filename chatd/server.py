@@ -16,7 +16,6 @@ import sys
 import trio
 
 from chatd.app import App, build
-from chatd.cluster.discovery import for_config
 from chatd.config import Config
 from chatd.net import listener as listening
 from chatd.net import sockets as net
@@ -53,7 +52,7 @@ async def serve(
 ) -> None:
     """Run chatd until :meth:`Server.drain`; ``task_status.started(server)`` once listening."""
     cfg = config.server
-    discovery = for_config(config)
+    discovery = config.discovery()
     listener = listening.open_listener(cfg.host, cfg.port)
     peer_listener = None
     try:

@@ -125,9 +125,9 @@ async def test_unknown_users_and_strangers_look_the_same(server: Server) -> None
     assert known.status == unknown.status == 403
     assert known.json()["error"] == unknown.json()["error"] == "forbidden"
     # The message names what was asked, and nothing else tells the two apart.
-    assert known.json()["message"].replace("stranger", "X") == unknown.json()[
-        "message"
-    ].replace("nobodyhere", "X")
+    assert known.json()["message"].replace("stranger", "X") == unknown.json()["message"].replace(
+        "nobodyhere", "X"
+    )
     assert set(known.json()) == set(unknown.json())
 
 
@@ -141,9 +141,7 @@ async def test_presence_frames_go_to_friends_only(server: Server) -> None:
             await b.synced.wait()
             # bob's snapshot names his friend alice only; alice hears bob come online; carol,
             # a co-member but no friend, got an empty snapshot and hears nothing.
-            assert [(f["user_id"], f["status"]) for f in await drained(b)] == [
-                ("alice", "online")
-            ]
+            assert [(f["user_id"], f["status"]) for f in await drained(b)] == [("alice", "online")]
             assert [(f["user_id"], f["status"]) for f in await drained(a)] == [
                 ("bob", "offline"),
                 ("bob", "online"),

@@ -461,10 +461,9 @@ def test_serve_uses_the_file_with_cli_overrides_and_exits_0_on_sigterm(tmp_path:
 
 
 def test_no_discovery_file_means_one_process() -> None:
-    from chatd.cluster.discovery import for_config
 
     assert Config().cluster.discovery == ""
-    assert for_config(load()) is None
+    assert load().discovery() is None
 
 
 def test_the_example_config_is_the_defaults() -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import trio
 
-from chatd.cluster.discovery import Shard, load_discovery, write_discovery
+from chatd.discovery import Shard, load_discovery, write_discovery
 
 #: How long the shards (and Redis) have to come up and answer.
 READY_TIMEOUT = 60.0

@@ -14,12 +14,12 @@ import trio
 
 from chatd.cluster.applier import Applier
 from chatd.cluster.broker import Broker
-from chatd.cluster.discovery import Discovery
 from chatd.cluster.forward import Forwarding
 from chatd.cluster.peer import Peers
 from chatd.cluster.publisher import Publisher
 from chatd.cluster.relay import ClusterRelay
 from chatd.cluster.router import ClusterRouter
+from chatd.discovery import Discovery
 from storage import Store
 
 

@@ -7,14 +7,14 @@ The rule, the same for users and channels:
 - a channel's **sequencer** (the shard that assigns its msg_ids and keeps its history) is the
   shard that wins the rendezvous hash of the channel id, with the same function.
 
-The function (:mod:`chatd.cluster.discovery`) depends only on the names and the key, so every
+The function (:mod:`chatd.discovery`) depends only on the names and the key, so every
 shard agrees without talking, and adding an N-th shard moves about 1/N of the keys, all to
 the new shard.
 """
 
 from __future__ import annotations
 
-from chatd.cluster.discovery import Discovery
+from chatd.discovery import Discovery
 from chatd.domain.ports import Place
 
 

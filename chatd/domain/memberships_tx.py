@@ -24,4 +24,3 @@ def mark_read(tx: WriteTx, user_id: str, channel: str, msg_id: int) -> bool:
         return False
     tx.membership_put(user_id, channel, Membership(read=msg_id))
     return True
-

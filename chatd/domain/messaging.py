@@ -210,9 +210,7 @@ class Messenger:
             if appended.relayed and self.relay is not None:
                 self.relay.committed()
 
-    async def commit_forwarded(
-        self, sender: str, ref: str, channel: str, body: str
-    ) -> Appended:
+    async def commit_forwarded(self, sender: str, ref: str, channel: str, body: str) -> Appended:
         """Commit a send forwarded by the sender's home shard to this one, the channel's
         sequencer (``chatd/cluster/``): the sender's home checked the rate and size, this
         shard checks membership in the commit. A known ``ref`` answers its first ack."""
@@ -243,9 +241,7 @@ class Messenger:
 
         return await self.store.write(op, committed, size=message_bytes(body))
 
-    def _commit_error(
-        self, device: DeviceSink, ref: str, error: BaseException | None
-    ) -> ChatError:
+    def _commit_error(self, device: DeviceSink, ref: str, error: BaseException | None) -> ChatError:
         if isinstance(error, ChatError):
             error.ref = ref
             return error

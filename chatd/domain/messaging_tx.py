@@ -84,4 +84,3 @@ def append_message(
             tx.outbox_append(hook.topic, record)
     relayed = relay.write(tx, message, remote, ref) if remote and relay is not None else {}
     return Appended(ack, message, inbox, duplicate=False, relayed=relayed)
-

@@ -11,7 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from chatd.cluster.discovery import Discovery, Shard, write_discovery
+from chatd.discovery import Discovery, Shard, write_discovery
 
 
 def _free_port() -> int:

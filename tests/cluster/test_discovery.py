@@ -15,19 +15,18 @@ from typing import Any
 
 import pytest
 
-from chatd.cluster.discovery import (
+from chatd.cluster.router import ClusterRouter
+from chatd.config import Config, ConfigError, load
+from chatd.discovery import (
     DEV_SECRET,
     SECRET_ENV,
     Discovery,
     DiscoveryError,
     Shard,
-    for_config,
     load_discovery,
     parse_discovery,
     write_discovery,
 )
-from chatd.cluster.router import ClusterRouter
-from chatd.config import Config, ConfigError, load
 from chatd.domain.ports import Place, Router
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -363,9 +362,9 @@ def test_load_with_discovery_takes_listen_and_public_url_from_the_shard(tmp_path
     assert config.cluster.discovery == str(path)
     assert config.server.listen == "127.0.0.1:9002"
     assert config.server.public_url == "http://127.0.0.1:9002"
-    d = for_config(config)
+    d = config.discovery()
     assert d is not None and d.names == ("s1", "s2")
-    assert for_config(Config()) is None  # no discovery file: one process, no broker
+    assert Config().discovery() is None  # no discovery file: one process, no broker
 
 
 def test_listen_flag_and_a_configured_public_url_win(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from chatd.cluster.discovery import load_discovery
+from chatd.discovery import load_discovery
 
 ROOT = Path(__file__).resolve().parents[2]
 READY = 60.0  # generous bounds for a loaded CI machine; nothing here measures speed

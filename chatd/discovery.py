@@ -36,13 +36,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
-from chatd.config import ConfigError
-
-if TYPE_CHECKING:
-    from chatd.config import Config
+from chatd.config_errors import ConfigError
 
 #: The environment variable that overrides ``[cluster] secret``.
 SECRET_ENV = "CHATD_CLUSTER_SECRET"
@@ -194,14 +191,6 @@ def load_discovery(path: str | Path, env: Mapping[str, str] | None = None) -> Di
 
 
 _loaded: dict[tuple[Any, ...], Discovery] = {}
-
-
-def for_config(config: Config) -> Discovery | None:
-    """The cluster this process belongs to, or None for the single-process default (no
-    discovery file: everything is local and there is no broker)."""
-    if not config.cluster.discovery:
-        return None
-    return load_discovery(config.cluster.discovery)
 
 
 def parse_discovery(data: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Discovery:
