@@ -122,15 +122,20 @@ def build(
     With ``discovery``, the server is one shard of a cluster (``chatd/cluster/``)."""
     limits = config.limits
     public_origin, ws_url = public_urls(config, port)
+    sessions = Sessions()
     node = None
     if discovery is not None and len(discovery.shards) > 1:  # one shard needs no broker
-        node = build_node(discovery, config.server.shard, store, nursery)
+        node = build_node(discovery, config.server.shard, store, sessions, nursery)
     router: Router = node.router if node else LocalRouter()
     lifecycle = Lifecycle(
         ConnectionLimits(config.server.max_connections, limits.max_connections_per_ip)
     )
-    sessions = Sessions()
-    accounts = Accounts(store, config.security)
+    accounts = Accounts(
+        store,
+        config.security,
+        relay=node.relay if node else None,
+        exists=node.forwarding.exists if node else None,
+    )
     messenger = Messenger(
         store,
         sessions,
@@ -143,7 +148,7 @@ def build(
         remote=node.forwarding if node else None,
     )
     if node is not None:
-        node.applier = Applier(node.here, store, messenger, node.publisher, node.broker)
+        node.applier = Applier(node.here, store, messenger, node.publisher, node.broker, node.relay)
         node.forwarding.applier = node.applier
         node.forwarding.send_again = messenger.send
         node.forwarding.account = lambda user_id: store.account(user_id) is not None
@@ -152,15 +157,22 @@ def build(
         sessions,
         read_limiter=RateLimiter(limits.read_rate, limits.read_burst),
         typing_limiter=RateLimiter(limits.typing_rate, limits.typing_burst),
+        elsewhere=node.live if node else None,
     )
     groups = Groups(
         store,
         max_members=limits.max_group_members,
         exists=node.forwarding.exists if node else None,
         local=(lambda channel: router.sequencer(channel).local) if node else None,
+        relay=node.relay if node else None,
     )
     presence = Presence(
-        store, sessions, grace=config.presence.grace, draining=lambda: lifecycle.draining
+        store,
+        sessions,
+        grace=config.presence.grace,
+        draining=lambda: lifecycle.draining,
+        elsewhere=node.live if node else None,
+        local=(lambda user_id: router.home(user_id).local) if node else None,
     )
     heartbeats = Heartbeats(
         config.presence.timeout, config.presence.sweep_interval, on_tick=presence.expire
@@ -205,7 +217,9 @@ def build(
     if node is not None:
         gateway = Gateway(api, node.router, node.peers, accounts)
         http = HttpServer(config, lifecycle, gateway, ws, origins)
-        peer_api = PeerApi(node.discovery.secret, gateway, messenger, accounts, node.router)
+        peer_api = PeerApi(
+            node.discovery.secret, gateway, messenger, accounts, node.router, presence
+        )
         peer_lifecycle = Lifecycle(ConnectionLimits(config.server.max_connections, 1 << 20))
         peer_http = HttpServer(config, peer_lifecycle, peer_api, ws, origins, websocket=False)
     return App(

@@ -11,7 +11,15 @@ import trio
 from storage import retention
 from storage.committer import OP_BYTES, Committer
 from storage.env import Env
-from storage.records import ChannelPage, ChannelState, Group, InboxEntry, InboxPage, Message
+from storage.records import (
+    ChannelPage,
+    ChannelState,
+    Group,
+    InboxEntry,
+    InboxPage,
+    Membership,
+    Message,
+)
 from storage.repo import ReadTx, WriteTx
 
 P = ParamSpec("P")
@@ -195,6 +203,9 @@ class Store:
     # -- groups, memberships and read marks
     def group(self, channel: str) -> Group | None:
         return self._read(ReadTx.group_get, channel)
+
+    def membership(self, user_id: str, channel: str) -> Membership | None:
+        return self._read(ReadTx.membership_get, user_id, channel)
 
     def channels(
         self, user_id: str, *, limit: int, after: tuple[int, str] | None = None

@@ -20,23 +20,50 @@ import trio
 
 from chatd.cluster import wire
 from chatd.cluster.publisher import Publisher, Sender
+from chatd.cluster.relay import GROUP_REPLICA, ClusterRelay
+from chatd.domain import friends_tx
 from chatd.domain.messaging import Messenger
-from chatd.domain.ports import DeviceSink
-from chatd.domain.replica_tx import APPLIED, EARLY, Replicated, apply_message
-from storage import Store, WriteTx
+from chatd.domain.ports import DeviceSink, Relay
+from chatd.domain.replica_tx import APPLIED, EARLY, Replicated, apply_group, apply_message
+from storage import Group, Store, WriteTx
 
 log = logging.getLogger("chatd.cluster")
 
 
-def _apply_all(tx: WriteTx, batch: list[wire.Relayed]) -> list[Replicated]:
-    return [apply_message(tx, r.message, prev=r.prev, members=r.members, ref=r.ref) for r in batch]
+Record = wire.Relayed | wire.Op
+
+
+def _apply_all(tx: WriteTx, batch: list[Record], relay: Relay) -> list[Replicated | None]:
+    """Apply a batch in one transaction: messages in channel order, ops (None) as they come."""
+    out: list[Replicated | None] = []
+    for r in batch:
+        if isinstance(r, wire.Relayed):
+            out.append(apply_message(tx, r.message, prev=r.prev, members=r.members, ref=r.ref))
+        elif r.kind == wire.FRIEND:
+            d = r.data
+            friends_tx.apply_friend(tx, d["u"], d["o"], d["s"], relay)
+            out.append(None)
+        else:
+            d = r.data
+            name, owner, members, created_at = d["g"]
+            group = Group(name, owner, tuple(members), created_at)
+            apply_group(tx, d["c"], group, version=d["v"], users=d["u"], version_key=GROUP_REPLICA)
+            out.append(None)
+    return out
 
 
 class Applier:
     def __init__(
-        self, here: str, store: Store, messenger: Messenger, publisher: Publisher, broker: Sender
+        self,
+        here: str,
+        store: Store,
+        messenger: Messenger,
+        publisher: Publisher,
+        broker: Sender,
+        relay: ClusterRelay,
     ) -> None:
         self.here = here
+        self.relay = relay
         self.store = store
         self.messenger = messenger
         self.publisher = publisher
@@ -44,14 +71,14 @@ class Applier:
         #: forwarded sends waiting for their record: (sender, ref) -> (device, set when acked)
         self.waiting: dict[tuple[str, str], tuple[DeviceSink, trio.Event]] = {}
         #: records whose predecessor is not applied yet: (channel, prev) -> (entry id, record)
-        self.held: dict[tuple[str, int], tuple[str, wire.Relayed]] = {}
+        self.held: dict[tuple[str, int], tuple[str, Record]] = {}
         self.applied = 0
         self.duplicates = 0
 
     async def on_records(self, entries: Sequence[tuple[str, bytes]]) -> list[str]:
         """A batch from the stream; the entry ids that may be acknowledged."""
         done: list[str] = []
-        batch: list[tuple[str, wire.Relayed]] = []
+        batch: list[tuple[str, Record]] = []
         for entry_id, payload in entries:
             try:
                 record = wire.decode(payload)
@@ -59,7 +86,7 @@ class Applier:
                 log.error("dropping stream entry %s: %s", entry_id, exc)
                 done.append(entry_id)
                 continue
-            if isinstance(record, wire.Relayed):
+            if isinstance(record, wire.Relayed | wire.Op):
                 batch.append((entry_id, record))
             else:
                 self.publisher.confirmed(record[1])
@@ -71,21 +98,21 @@ class Applier:
     async def offer(self, payload: bytes) -> None:
         """A record handed over by its sequencer in answer to a forwarded send."""
         record = wire.decode(payload)
-        if isinstance(record, wire.Relayed):
+        if isinstance(record, wire.Relayed | wire.Op):
             await self._apply([("", record)])
 
-    async def _apply(self, batch: list[tuple[str, wire.Relayed]]) -> list[str]:
+    async def _apply(self, batch: list[tuple[str, Record]]) -> list[str]:
         done: list[str] = []
         confirms: dict[str, list[int]] = {}
         while batch:
-            ready: list[tuple[str, wire.Relayed]] = []
+            ready: list[tuple[str, Record]] = []
             records = [r for _, r in batch]
             results = await self.store.write(
-                partial(_apply_all, batch=records),
+                partial(_apply_all, batch=records, relay=self.relay),
                 partial(self._committed, batch, ready=ready),
             )
             for (entry_id, record), result in zip(batch, results, strict=True):
-                if result.outcome != EARLY:
+                if result is None or result.outcome != EARLY:
                     if entry_id:
                         done.append(entry_id)
                     confirms.setdefault(record.origin, []).append(record.seq)
@@ -95,14 +122,17 @@ class Applier:
 
     def _committed(
         self,
-        batch: list[tuple[str, wire.Relayed]],
-        results: list[Replicated],
+        batch: list[tuple[str, Record]],
+        results: list[Replicated | None],
         *,
-        ready: list[tuple[str, wire.Relayed]],
+        ready: list[tuple[str, Record]],
     ) -> None:
         """In commit order: deliver, answer forwarded sends, hold early records and release
         those whose predecessor just landed."""
         for (entry_id, record), result in zip(batch, results, strict=True):
+            if result is None or not isinstance(record, wire.Relayed):
+                self.relay.committed()  # an op may have stored a record in answer
+                continue
             message = record.message
             if result.outcome == EARLY:
                 self.held[(message.channel, record.prev)] = (entry_id, record)

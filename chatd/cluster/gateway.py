@@ -26,6 +26,7 @@ from chatd.domain import validate
 from chatd.domain.accounts import Accounts
 from chatd.domain.errors import ChatError, Forbidden, NotFound, Unavailable
 from chatd.domain.messaging import Messenger
+from chatd.domain.presence import Presence
 from chatd.net.api import Api
 from chatd.net.errormap import error_body, http_status
 from chatd.net.routing import Request, Response, Text, error_response
@@ -135,8 +136,10 @@ class PeerApi:
         messenger: Messenger,
         accounts: Accounts,
         router: ClusterRouter,
+        presence: Presence,
     ) -> None:
         self.secret = secret.encode()
+        self.presence = presence
         self.gateway = gateway
         self.messenger = messenger
         self.accounts = accounts
@@ -155,6 +158,9 @@ class PeerApi:
                 if self.accounts.store.account(user) is None:
                     raise NotFound(f"no user {user!r}")
                 return Response(200, {"user_id": user})
+            if request.path == "/peer/presence" and request.method == "GET":
+                users = request.query.get("user_id", [])
+                return Response(200, {"presence": [self.presence.status(u) for u in users]})
         except ChatError as exc:
             return _packed(http_status(exc), error_body(exc))
         except StorageUnavailable as exc:

@@ -15,11 +15,13 @@ import trio
 from chatd.cluster.applier import Applier
 from chatd.cluster.broker import Broker
 from chatd.cluster.forward import Forwarding
+from chatd.cluster.live import Live
 from chatd.cluster.peer import Peers
 from chatd.cluster.publisher import Publisher
 from chatd.cluster.relay import ClusterRelay
 from chatd.cluster.router import ClusterRouter
 from chatd.discovery import Discovery
+from chatd.domain.sessions import Sessions
 from storage import Store
 
 
@@ -35,6 +37,7 @@ class Node:
     publisher: Publisher
     relay: ClusterRelay
     forwarding: Forwarding
+    live: Live
     applier: Applier | None = None
 
     @property
@@ -54,18 +57,17 @@ class Node:
     async def run(self) -> None:
         assert self.applier is not None
         async with trio.open_nursery() as nursery:
-            await nursery.start(self.broker.run, self.applier.on_records, _ignore)
+            await nursery.start(self.broker.run, self.applier.on_records, self.live.on_live)
             nursery.start_soon(self.publisher.run)
+            nursery.start_soon(self.live.run)
 
     async def aclose(self) -> None:
         await self.peers.aclose()
 
 
-def _ignore(payload: bytes) -> None:
-    """Ephemeral signals between shards (typing, presence) are not relayed yet."""
-
-
-def build_node(discovery: Discovery, here: str, store: Store, nursery: trio.Nursery) -> Node:
+def build_node(
+    discovery: Discovery, here: str, store: Store, sessions: Sessions, nursery: trio.Nursery
+) -> Node:
     router = ClusterRouter(discovery, here)
     peers = Peers(
         {s.name: (s.peer_host, s.peer_port) for s in discovery.shards if s.name != here},
@@ -75,4 +77,5 @@ def build_node(discovery: Discovery, here: str, store: Store, nursery: trio.Nurs
     publisher = Publisher(store, broker)
     relay = ClusterRelay(here, router.home, publisher.kick)
     forwarding = Forwarding(peers, None, router.home, nursery)  # type: ignore[arg-type]
-    return Node(discovery, here, router, peers, broker, publisher, relay, forwarding)
+    live = Live(router.home, sessions, broker, peers, nursery)
+    return Node(discovery, here, router, peers, broker, publisher, relay, forwarding, live)

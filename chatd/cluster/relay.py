@@ -10,12 +10,15 @@ sends the records and deletes each once its destination confirms it.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from chatd.cluster import wire
 from chatd.domain.ports import Place
-from storage import Message, WriteTx
+from storage import Group, Message, WriteTx
 
 TOPIC = "cluster"
+#: the relay cursor names that hold a group's record version (no shard has these names)
+GROUP_VERSION, GROUP_REPLICA = "#version", "#replica"
 
 
 class ClusterRelay:
@@ -46,11 +49,35 @@ class ClusterRelay:
             record = wire.message_record(
                 message, prev=prev, members=users, ref=ref if sender_here else ""
             )
-            seq = tx.outbox_next(TOPIC)
-            payload = wire.message_payload(self.here, seq, record)
-            tx.outbox_put(TOPIC, seq, wire.pack([shard, payload]))
-            out[shard] = payload
+            out[shard] = self._store(tx, shard, wire.MESSAGE, record)
         return out
 
     def committed(self) -> None:
         self.kick()
+
+    def _store(self, tx: WriteTx, shard: str, kind: str, record: dict[str, Any]) -> bytes:
+        seq = tx.outbox_next(TOPIC)
+        payload = wire.message_payload(self.here, seq, record, kind)
+        tx.outbox_put(TOPIC, seq, wire.pack([shard, payload]))
+        return payload
+
+    def friend(self, tx: WriteTx, owner: str, other: str, state: str | None) -> bool:
+        place = self.home(owner)
+        if place.local:
+            return False
+        self._store(tx, place.shard, wire.FRIEND, {"u": owner, "o": other, "s": state})
+        return True
+
+    def group(self, tx: WriteTx, channel: str, group: Group, users: Sequence[str]) -> None:
+        _, remote = self.split(users)
+        if not remote:
+            return
+        version = tx.relay_last(channel, GROUP_VERSION) + 1
+        tx.relay_set(channel, GROUP_VERSION, version)
+        record = {
+            "c": channel,
+            "v": version,
+            "g": [group.name, group.owner, list(group.members), group.created_at],
+        }
+        for shard, members in remote.items():
+            self._store(tx, shard, wire.GROUP, {**record, "u": members})

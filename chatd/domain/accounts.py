@@ -14,6 +14,7 @@ import base64
 import hashlib
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import argon2
@@ -22,6 +23,7 @@ import trio
 from chatd.config import SecurityConfig
 from chatd.domain import friends_tx, validate
 from chatd.domain.errors import BadRequest, Conflict, NotFound, Unauthorized, Unavailable
+from chatd.domain.ports import Relay
 from storage import Store
 from storage import errors as storage_errors
 
@@ -35,8 +37,17 @@ def token_digest(token: str) -> bytes:
 
 
 class Accounts:
-    def __init__(self, store: Store, config: SecurityConfig) -> None:
+    def __init__(
+        self,
+        store: Store,
+        config: SecurityConfig,
+        *,
+        relay: Relay | None = None,
+        exists: Callable[[str], Awaitable[bool]] | None = None,
+    ) -> None:
         self.store = store
+        self.relay = relay  # a cluster: friendship rows of users homed elsewhere
+        self.exists = exists  # a cluster: whether an account exists on any shard
         self.ttl_ms = int(config.token_ttl_days * 86_400_000)
         self.hasher = argon2.PasswordHasher(
             time_cost=config.argon2_time_cost,
@@ -134,11 +145,18 @@ class Accounts:
     async def add_friend(self, user_id: str, other: str) -> str:
         if other == user_id:
             raise BadRequest("you cannot befriend yourself")
-        self.require_user(other)
-        return await self.store.write(lambda tx: friends_tx.request_friend(tx, user_id, other))
+        if self.exists is None:
+            self.require_user(other)
+        elif not await self.exists(other):
+            raise NotFound(f"no user {other!r}")
+        relay = self.relay
+        return await self.store.write(
+            lambda tx: friends_tx.request_friend(tx, user_id, other, relay)
+        )
 
     async def remove_friend(self, user_id: str, other: str) -> None:
-        await self.store.write(lambda tx: friends_tx.remove_friend(tx, user_id, other))
+        relay = self.relay
+        await self.store.write(lambda tx: friends_tx.remove_friend(tx, user_id, other, relay))
 
     def friends(self, user_id: str) -> list[tuple[str, str]]:
         """(other user, state) for each friendship of ``user_id``."""

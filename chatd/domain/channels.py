@@ -64,7 +64,9 @@ def check_member(store: Store, channel: str, user_id: str) -> list[str]:
     users = members(store, channel)
     if user_id not in users:
         raise Forbidden(f"you are not a member of {channel}")
-    if not is_group(channel):
+    if not is_group(channel) and store.membership(user_id, channel) is None:
+        # No message yet (a message makes both members): the other must be an account. In a
+        # cluster an account homed elsewhere is not here, but then a message was exchanged.
         for other in users:
             if other != user_id and store.account(other) is None:
                 raise NotFound(f"no user {other!r}")

@@ -9,6 +9,7 @@ from typing import Any
 from chatd.domain import channels, groups_tx, validate
 from chatd.domain.accounts import now_ms
 from chatd.domain.errors import BadRequest, Forbidden, NotFound
+from chatd.domain.ports import Relay
 from storage import ChannelState, Group, Store
 
 NAME_MAX = 100
@@ -34,8 +35,10 @@ class Groups:
         max_members: int,
         exists: Callable[[str], Awaitable[bool]] | None = None,
         local: Callable[[str], bool] | None = None,
+        relay: Relay | None = None,
     ) -> None:
         self.store = store
+        self.relay = relay  # a cluster: members homed elsewhere hear of changes
         self.cap = max_members
         #: whether an account exists (in a cluster, maybe on another shard)
         self.exists = exists or self._exists_here
@@ -76,6 +79,7 @@ class Groups:
             owner=owner,
             members=members,
             created_at=now_ms(),
+            relay=self.relay,
         )
         group = await self.store.write(op)
         return group_view(channel, group)
@@ -93,7 +97,9 @@ class Groups:
         member = validate.user_id(member)
         if not await self.exists(member):
             raise NotFound(f"no user {member!r}")
-        op = partial(groups_tx.add_member, channel=channel, user_id=member, cap=self.cap)
+        op = partial(
+            groups_tx.add_member, channel=channel, user_id=member, cap=self.cap, relay=self.relay
+        )
         group = await self.store.write(op)
         return group_view(channel, group)
 
@@ -103,7 +109,12 @@ class Groups:
             raise Forbidden("only the owner removes others; a member may remove itself")
         if user_id not in group.members:
             raise Forbidden(f"you are not a member of {channel}")
-        op = partial(groups_tx.remove_member, channel=channel, user_id=validate.user_id(member))
+        op = partial(
+            groups_tx.remove_member,
+            channel=channel,
+            user_id=validate.user_id(member),
+            relay=self.relay,
+        )
         await self.store.write(op)
 
     def channel_list(self, user_id: str, query: dict[str, list[str]]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from dataclasses import replace
 
 from chatd.domain.errors import BadRequest, Conflict, Forbidden, NotFound
 from chatd.domain.memberships_tx import join
+from chatd.domain.ports import Relay
 from storage import Group, WriteTx
 
 
@@ -32,19 +33,31 @@ def group_members(tx: WriteTx, channel: str, user_id: str) -> tuple[str, ...]:
 
 
 def create_group(
-    tx: WriteTx, channel: str, *, name: str, owner: str, members: list[str], created_at: int
+    tx: WriteTx,
+    channel: str,
+    *,
+    name: str,
+    owner: str,
+    members: list[str],
+    created_at: int,
+    relay: Relay | None = None,
 ) -> Group:
-    """A new group of ``members`` (the owner first); each joins with no unread backlog."""
+    """A new group of ``members`` (the owner first); each joins with no unread backlog. In a
+    cluster, members homed elsewhere join there, through the group's record (``relay``)."""
     if tx.group_get(channel) is not None:
         raise Conflict(f"group {channel!r} exists")
     group = Group(name, owner, tuple(members), created_at)
     tx.group_put(channel, group)
     for user in members:
         join(tx, user, channel)
+    if relay is not None:
+        relay.group(tx, channel, group, members)
     return group
 
 
-def add_member(tx: WriteTx, channel: str, user_id: str, *, cap: int) -> Group:
+def add_member(
+    tx: WriteTx, channel: str, user_id: str, *, cap: int, relay: Relay | None = None
+) -> Group:
     """Add ``user_id`` (nothing if already a member); BadRequest past ``cap`` members."""
     group = _existing(tx, channel)
     if user_id in group.members:
@@ -54,10 +67,12 @@ def add_member(tx: WriteTx, channel: str, user_id: str, *, cap: int) -> Group:
     group = replace(group, members=(*group.members, user_id))
     tx.group_put(channel, group)
     join(tx, user_id, channel)
+    if relay is not None:
+        relay.group(tx, channel, group, group.members)
     return group
 
 
-def remove_member(tx: WriteTx, channel: str, user_id: str) -> Group:
+def remove_member(tx: WriteTx, channel: str, user_id: str, *, relay: Relay | None = None) -> Group:
     """Remove ``user_id`` (nothing if not a member) with their membership and read mark. If
     the owner leaves, the longest-standing member becomes owner (none: the owner is "")."""
     group = _existing(tx, channel)
@@ -70,4 +85,6 @@ def remove_member(tx: WriteTx, channel: str, user_id: str) -> Group:
     group = replace(group, owner=owner, members=members)
     tx.group_put(channel, group)
     tx.membership_delete(user_id, channel)
+    if relay is not None:
+        relay.group(tx, channel, group, (*members, user_id))
     return group

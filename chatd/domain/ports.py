@@ -14,12 +14,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from chatd.domain.errors import ChatError
-from storage import Message, WriteTx
+from storage import Group, Message, WriteTx
 
 
 class Shared:
@@ -132,6 +132,15 @@ class Relay(Protocol):
     def committed(self) -> None:
         """A commit stored records: send them soon."""
 
+    def friend(self, tx: WriteTx, owner: str, other: str, state: str | None) -> bool:
+        """If ``owner`` is homed on another shard, store a record in ``tx`` that sets (None:
+        deletes) ``owner``'s friendship row about ``other`` there, and return True."""
+        ...
+
+    def group(self, tx: WriteTx, channel: str, group: Group, users: Sequence[str]) -> None:
+        """Store records in ``tx`` that bring each shard homing some of ``users`` (members
+        before or after a change) the group's new record."""
+
 
 class Remote(Protocol):
     """Sends that need another shard before they can commit."""
@@ -145,3 +154,33 @@ class Remote(Protocol):
 
     def forward(self, device: DeviceSink, ref: str, channel: str, body: str, to: Place) -> None:
         """Commit on the channel's sequencer shard ``to``; ``device.finished`` exactly once."""
+
+
+class Elsewhere(Protocol):
+    """Users homed on other shards, for signals that are not stored (presence, read and
+    typing notices): the cluster implements it over Redis pub/sub."""
+
+    def notify(self, users: Iterable[str], frame: dict[str, Any]) -> None:
+        """Hand ``frame`` to the online devices of those of ``users`` homed on other shards
+        (users homed here are skipped). Best effort: lost if the broker is down."""
+
+    async def statuses(self, users: Sequence[str]) -> list[dict[str, Any]]:
+        """The presence (``{user_id, status, last_active}``) of users homed elsewhere, from
+        their home shards, in order."""
+        ...
+
+    def snapshot(self, device: DeviceSink, users: Sequence[str]) -> None:
+        """Reply to ``device`` one ``presence`` frame per user (homed elsewhere), soon."""
+
+
+class NoElsewhere:
+    """One process: every user is homed here."""
+
+    def notify(self, users: Iterable[str], frame: dict[str, Any]) -> None:
+        return None
+
+    async def statuses(self, users: Sequence[str]) -> list[dict[str, Any]]:
+        raise AssertionError("no user is homed elsewhere")
+
+    def snapshot(self, device: DeviceSink, users: Sequence[str]) -> None:
+        raise AssertionError("no user is homed elsewhere")

@@ -24,7 +24,7 @@ import trio
 from chatd.domain.accounts import now_ms
 from chatd.domain.errors import BadRequest, Forbidden
 from chatd.domain.friends_tx import FRIENDS
-from chatd.domain.ports import DeviceSink, Shared
+from chatd.domain.ports import DeviceSink, Elsewhere, NoElsewhere, Shared
 from chatd.domain.sessions import Sessions
 from storage import Store
 
@@ -34,12 +34,22 @@ MAX_QUERY = 100
 
 class Presence:
     def __init__(
-        self, store: Store, sessions: Sessions, *, grace: float, draining: Callable[[], bool]
+        self,
+        store: Store,
+        sessions: Sessions,
+        *,
+        grace: float,
+        draining: Callable[[], bool],
+        elsewhere: Elsewhere | None = None,
+        local: Callable[[str], bool] | None = None,
     ) -> None:
         self.store = store
         self.sessions = sessions
         self.grace = grace
         self.draining = draining  # true once the server drains: nobody to tell any more
+        #: friends homed on other shards (a cluster): their presence lives there
+        self.elsewhere: Elsewhere = elsewhere or NoElsewhere()
+        self.local = local or (lambda user_id: True)
         #: users whose last device left: (trio time their offline is due, last heard in ms)
         self._leaving: dict[str, tuple[float, int]] = {}
 
@@ -105,10 +115,11 @@ class Presence:
         frame = Shared(
             {"type": "presence", "user_id": user, "status": status, "last_active": last_active}
         )
-        for friend, state in self.store.friends(user):
-            if state == FRIENDS:
-                for device in self.sessions.devices(friend):
-                    device.notify(frame)
+        friends = [friend for friend, state in self.store.friends(user) if state == FRIENDS]
+        for friend in friends:
+            for device in self.sessions.devices(friend):
+                device.notify(frame)
+        self.elsewhere.notify(friends, frame.frame)
 
     @staticmethod
     def _stored(_result: object, error: BaseException | None) -> None:
@@ -118,11 +129,18 @@ class Presence:
     # -- queries
     def snapshot(self, device: DeviceSink) -> None:
         """One ``presence`` frame per friend, sent to a device that just connected."""
+        remote = []
         for friend, state in self.store.friends(device.user_id):
-            if state == FRIENDS:
+            if state != FRIENDS:
+                continue
+            if self.local(friend):
                 device.reply({"type": "presence", **self.status(friend)})
+            else:
+                remote.append(friend)
+        if remote:
+            self.elsewhere.snapshot(device, remote)
 
-    def query(self, user: str, targets: list[str]) -> list[dict[str, Any]]:
+    async def query(self, user: str, targets: list[str]) -> list[dict[str, Any]]:
         """Presence of friends (state ``friends``) or oneself; Forbidden for anyone else.
 
         Sharing a group grants nothing: anyone may create a group around a stranger. An
@@ -136,4 +154,8 @@ class Presence:
         refused = sorted(set(targets) - allowed)
         if refused:
             raise Forbidden(f"not a friend: {', '.join(refused)}")
-        return [self.status(t) for t in targets]
+        remote = [t for t in dict.fromkeys(targets) if not self.local(t)]
+        found = (
+            dict(zip(remote, await self.elsewhere.statuses(remote), strict=True)) if remote else {}
+        )
+        return [found.get(t) or self.status(t) for t in targets]

@@ -20,7 +20,7 @@ import trio
 from chatd.domain import channels
 from chatd.domain.errors import BadRequest, RateLimited, Unavailable
 from chatd.domain.memberships_tx import mark_read
-from chatd.domain.ports import DeviceSink, Shared
+from chatd.domain.ports import DeviceSink, Elsewhere, NoElsewhere, Shared
 from chatd.domain.ratelimit import RateLimiter
 from chatd.domain.sessions import Sessions
 from storage import StorageUnavailable, Store
@@ -47,8 +47,10 @@ class Receipts:
         *,
         read_limiter: RateLimiter,
         typing_limiter: RateLimiter,
+        elsewhere: Elsewhere | None = None,
     ) -> None:
         self.store = store
+        self.elsewhere: Elsewhere = elsewhere or NoElsewhere()  # members on other shards
         self.sessions = sessions
         self.read_limiter = read_limiter
         self.typing_limiter = typing_limiter
@@ -64,6 +66,7 @@ class Receipts:
             for device in self.sessions.devices(user):
                 if device is not skip:
                     device.notify(frame)
+        self.elsewhere.notify((m for m in members if m != skip_user), frame.frame)
 
     def read(self, conn: DeviceSink, channel: str, msg_id: int) -> None:
         """Raise ``conn``'s user's read mark in ``channel``. Raises a ChatError if refused at

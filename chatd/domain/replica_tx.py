@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from chatd.domain.memberships_tx import join, mark_read
-from storage import Message, WriteTx
+from storage import Group, Message, WriteTx
 
 APPLIED, DUPLICATE, EARLY = "applied", "duplicate", "early"
 
@@ -61,3 +61,28 @@ def apply_message(
     if msg_id > tx.channel_last(channel)[0]:
         tx.channel_last_put(channel, msg_id, message.ts)
     return Replicated(APPLIED, message, inbox, ack)
+
+
+def apply_group(
+    tx: WriteTx,
+    channel: str,
+    group: Group,
+    *,
+    version: int,
+    users: Sequence[str],
+    version_key: str,
+) -> bool:
+    """Version ``version`` of a group's record from its sequencer shard, for ``users`` (its
+    members, or members it just lost, homed here): members join (the channel list shows the
+    group), former members leave. An older version than the one here changes nothing (False).
+    """
+    if version <= tx.relay_last(channel, version_key):
+        return False
+    tx.relay_set(channel, version_key, version)
+    tx.group_put(channel, group)
+    for user in users:
+        if user in group.members:
+            join(tx, user, channel)
+        else:
+            tx.membership_delete(user, channel)
+    return True

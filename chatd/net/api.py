@@ -163,4 +163,4 @@ class Api:
 
     async def presence_query(self, req: Request) -> Response:
         targets = [validate.user_id(u) for u in req.query.get("user_id", [])]
-        return Response(200, {"presence": self.presence.query(req.user_id, targets)})
+        return Response(200, {"presence": await self.presence.query(req.user_id, targets)})

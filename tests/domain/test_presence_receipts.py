@@ -57,7 +57,7 @@ async def test_online_then_offline_after_the_grace_period(
         assert presence.status("alice")["status"] == "offline"
         with_forbidden = False
         try:
-            presence.query("carol", ["alice"])
+            await presence.query("carol", ["alice"])
         except Forbidden:
             with_forbidden = True
         assert with_forbidden
