@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import density, fanout, latency, logins, plots, relay, report, unavailable
+from bench import cluster, density, fanout, latency, logins, plots, relay, report
 from bench.run import Run, describe_args
 from bench.targets import KINDS
 
@@ -163,9 +163,34 @@ def parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=fanout.run, plot=plots.fanout)
 
-    p = sub.add_parser("cluster", help="relay across 2 local shards vs 1 (needs shards)")
-    _common(p, targets="chatd")
-    p.set_defaults(func=unavailable.cluster, plot=None)
+    p = sub.add_parser(
+        "cluster",
+        help="shards on Redis: cross-shard latency and CPU per message, relay 1 vs N shards",
+    )
+    _common(p, targets="chatd", clients=4)
+    p.add_argument("--shards", type=int, default=2, help="shards of the measured cluster (2)")
+    p.add_argument("--pairs", type=int, default=250, help="1:1 pairs per latency kind (250)")
+    p.add_argument("--rate", type=float, default=2000.0, help="total msgs/s per kind (2000)")
+    p.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring (3)")
+    p.add_argument("--duration", type=float, default=20.0, help="seconds per latency kind (20)")
+    p.add_argument("--body", type=int, default=32, help="message body characters (32)")
+    p.add_argument(
+        "--kinds",
+        type=lambda t: [k for k in t.split(",") if k],
+        default=list(cluster.KINDS),
+        help="latency kinds (" + ",".join(cluster.KINDS) + ")",
+    )
+    p.add_argument(
+        "--relay-pairs", type=int, default=500, help="relay pairs, homed at random (500)"
+    )
+    p.add_argument(
+        "--windows", type=_ints, default=[4, 16], help="relay: un-acked sends per sender (4,16)"
+    )
+    p.add_argument(
+        "--relay-duration", type=float, default=10.0, help="relay measuring seconds (10)"
+    )
+    p.add_argument("--seed", type=int, default=11, help="relay pairing seed (11)")
+    p.set_defaults(func=cluster.run, plot=cluster.plot, out=report.DEFAULT_OUT / "cluster")
     return top
 
 
