@@ -14,10 +14,16 @@ from pathlib import Path
 from chatd.discovery import Discovery, Shard, write_discovery
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports (all held open while picked, so none repeats)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 class Shards:
@@ -26,9 +32,10 @@ class Shards:
     def __init__(self, directory: Path, n: int, broker_url: str) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
+        ports = _free_ports(2 * n)
         shards = [
-            Shard(f"s{i}", f"http://127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}")
-            for i in range(1, n + 1)
+            Shard(f"s{i + 1}", f"http://127.0.0.1:{ports[2 * i]}", f"127.0.0.1:{ports[2 * i + 1]}")
+            for i in range(n)
         ]
         self.path = directory / "discovery.toml"
         self.discovery: Discovery = write_discovery(self.path, shards, broker_url, "t" * 32)
@@ -37,6 +44,7 @@ class Shards:
         self.config.write_text(
             "[limits]\nsignup_rate = 1000.0\nsignup_burst = 1000\n"
             "login_rate = 1000.0\nlogin_burst = 1000\n"
+            "[presence]\ngrace = 0.3\nsweep_interval = 0.2\n"
         )
 
     def url(self, name: str) -> str:
