@@ -13,15 +13,18 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote, urlencode
 
 import trio
 
 from chatd.cluster import wire
 from chatd.cluster.applier import Applier
-from chatd.cluster.peer import PeerDown, Peers
+from chatd.cluster.peer import USER_HEADER, PeerDown, Peers
 from chatd.domain import errors
 from chatd.domain.errors import ChatError, NotFound, Unavailable
 from chatd.domain.ports import DeviceSink, Place
+from chatd.net.errormap import error_frame
 
 log = logging.getLogger("chatd.cluster")
 CODES: dict[str, type[ChatError]] = {
@@ -132,3 +135,27 @@ class Forwarding:
         except PeerDown as exc:
             if self.applier.give_up(user, ref) is not None:
                 device.finished(Unavailable(str(exc), ref=ref, retry_after=1.0))
+
+    def history(
+        self, device: DeviceSink, ref: str, channel: str, args: dict[str, Any], to: Place
+    ) -> None:
+        self.nursery.start_soon(self._history, device, ref, channel, args, to)
+
+    async def _history(
+        self, device: DeviceSink, ref: str, channel: str, args: dict[str, Any], to: Place
+    ) -> None:
+        query = urlencode({k: v for k, v in args.items() if v is not None})
+        path = f"/v1/channels/{quote(channel, safe=':')}/messages" + (f"?{query}" if query else "")
+        try:
+            answer = await self.peers.request(
+                to.shard, "GET", path, headers={USER_HEADER: device.user_id}
+            )
+            body = answer.json() if answer.body else {}
+            if answer.status != 200:
+                raise error_from(body.get("error", ""), body.get("message", ""), ref)
+            device.reply({"type": "history", "ref": ref, "channel": channel, **body})
+        except ChatError as exc:
+            exc.ref = ref
+            device.reply(error_frame(exc))
+        except PeerDown as exc:
+            device.reply(error_frame(Unavailable(str(exc), ref=ref, retry_after=1.0)))

@@ -265,10 +265,23 @@ class Messenger:
                     device.deliver(seq, frame)
 
     def history(
-        self, user_id: str, ref: str, channel: str, *, before: int | None, limit: int | None
-    ) -> dict[str, Any]:
-        """The reply to a WebSocket ``history`` frame."""
+        self,
+        user_id: str,
+        ref: str,
+        channel: str,
+        *,
+        before: int | None,
+        limit: int | None,
+        device: DeviceSink | None = None,
+    ) -> dict[str, Any] | None:
+        """The reply to a WebSocket ``history`` frame; None when it comes later, from the
+        channel's sequencer shard (a cluster: the history is there, complete)."""
         args = {"before": before, "limit": limit}
+        if device is not None and self.remote is not None and isinstance(channel, str):
+            place = self.router.sequencer(channel)
+            if not place.local:
+                self.remote.history(device, ref, channel, args, place)
+                return None
         try:
             page = self.history_page(user_id, channel, args)
         except ChatError as exc:

@@ -155,6 +155,12 @@ class Remote(Protocol):
     def forward(self, device: DeviceSink, ref: str, channel: str, body: str, to: Place) -> None:
         """Commit on the channel's sequencer shard ``to``; ``device.finished`` exactly once."""
 
+    def history(
+        self, device: DeviceSink, ref: str, channel: str, args: dict[str, Any], to: Place
+    ) -> None:
+        """Ask the channel's sequencer shard ``to`` for a page (``args``: before, limit) and
+        reply the ``history`` frame, or an error frame, to ``device``."""
+
 
 class Elsewhere(Protocol):
     """Users homed on other shards, for signals that are not stored (presence, read and

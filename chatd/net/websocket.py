@@ -315,9 +315,15 @@ class Conn(Outbound):
             self.reply({"type": "pong"})
         elif isinstance(frame, frames.History):
             page = srv.messenger.history(
-                self.user_id, frame.ref, frame.channel, before=frame.before, limit=frame.limit
+                self.user_id,
+                frame.ref,
+                frame.channel,
+                before=frame.before,
+                limit=frame.limit,
+                device=self,
             )
-            self.reply(page)
+            if page is not None:  # else it comes from another shard
+                self.reply(page)
         elif isinstance(frame, frames.Read):
             self.session.started()
             try:

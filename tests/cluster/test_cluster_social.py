@@ -124,6 +124,10 @@ async def test_group_membership_receipts_and_typing_across_shards(shards: Shards
         assert [r["read_msg_id"] for r in rows if r["channel_id"] == channel] == [1]
         history = await call(shards, "s3", tok[k], "GET", f"/v1/channels/{channel}/messages")
         assert [x["body"] for x in history["messages"]] == ["hi"]
+        # WebSocket history on a member's home shard comes from the group's sequencer
+        await ws[m].send_message(json.dumps({"type": "history", "ref": "h", "channel": channel}))
+        page = await next_of(ws[m], "history")
+        assert (page["ref"], [x["body"] for x in page["messages"]]) == ("h", ["hi"])
         for conn in ws.values():
             await conn.aclose()
         nursery.cancel_scope.cancel()
