@@ -218,6 +218,14 @@ class ShardFleets:
                 print(f"bench: closing a fleet: {exc}", file=sys.stderr)
 
 
+def machine_jiffies() -> tuple[int, int]:
+    """(busy, all) jiffies of the whole machine so far, from the first line of /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields[:8]) - idle, sum(fields[:8])
+
+
 def window(
     run: Run,
     cluster: Cluster,
@@ -234,7 +242,11 @@ def window(
     servers = {name: CpuMeter([pid]).start() for name, pid in cluster.pids.items()}
     launcher = CpuMeter([cluster.proc.pid]).start()
     clients = CpuMeter(fleets.pids).start()
+    me = CpuMeter([os.getpid()]).start()
+    busy0, all0 = machine_jiffies()
     time.sleep(duration)
+    busy1, all1 = machine_jiffies()
+    bench_cpu = me.stop()
     client_cpu = clients.stop()
     server_cpu = {name: m.stop() for name, m in servers.items()}
     launcher_cpu = launcher.stop()
@@ -255,6 +267,12 @@ def window(
     merged["server_cpu_s"] = cpu_s
     merged["launcher_cpu_pct"] = launcher_cpu["cpu_pct"]
     merged["client_cpu_pct"] = client_cpu["cpu_pct"]
+    # Everything else the machine ran meanwhile (other people's tests, kernel threads): a
+    # noise indicator. 100 = one core.
+    machine_pct = (busy1 - busy0) / max(1, all1 - all0) * 100.0 * (os.cpu_count() or 1)
+    ours = merged["server_cpu_pct"] + launcher_cpu["cpu_pct"] + client_cpu["cpu_pct"]
+    merged["machine_cpu_pct"] = machine_pct
+    merged["other_cpu_pct"] = max(0.0, machine_pct - ours - bench_cpu["cpu_pct"])
     merged["server_us_per_msg"] = cpu_s / merged["acked"] * 1e6 if merged["acked"] else None
     merged["commits"] = {
         n: commit_figures(metrics0[n], metrics1[n], 0, duration) for n in cluster.targets
@@ -305,7 +323,7 @@ def _rate_kind(
         f"ack p99 {r['ack_us'].get('p99', 0) / 1000:.2f} ms, "
         f"servers {r['server_cpu_pct']:.0f}% CPU ({_cpu_text(r)}), "
         f"{r['server_us_per_msg'] or 0:.0f} us/msg, clients {r['client_cpu_pct']:.0f}%, "
-        f"errors {r['error_codes'] or 0}"
+        f"others {r['other_cpu_pct']:.0f}%, errors {r['error_codes'] or 0}"
     )
     return r, deliver
 
@@ -340,6 +358,7 @@ def _relay(
                 f"cluster relay {n} shard(s) W={w}: {r['acked_per_s']:,.0f} acked/s, "
                 f"{r['delivered_per_s']:,.0f} delivered/s, servers {r['server_cpu_pct']:.0f}% "
                 f"({_cpu_text(r)}), clients {r['client_cpu_pct']:.0f}%, "
+                f"others {r['other_cpu_pct']:.0f}%, "
                 f"{r['server_us_per_msg'] or 0:.0f} us/msg, p99 deliver "
                 f"{r['deliver_us'].get('p99', 0) / 1000:.1f} ms, errors {r['error_codes'] or 0}"
             )
@@ -369,7 +388,7 @@ def run(run_: Run, args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"chatd-bench cluster: unknown --kinds {unknown} (known: {KINDS})")
     if args.shards < 2:
         raise SystemExit("chatd-bench cluster: --shards must be 2 or more")
-    result: dict[str, Any] = {"targets": {}, "kinds": {}}
+    result: dict[str, Any] = {"targets": {}, "kinds": {}, "loadavg_before": _loadavg()}
     raw: dict[str, list[int]] = {}
     cluster = shards.start(
         run_.procs, run_.workdir, args.shards, run_.config_text, f"n{args.shards}"
@@ -392,7 +411,7 @@ def run(run_: Run, args: argparse.Namespace) -> dict[str, Any]:
         for s, r in p["relay"]:
             k = kind_of(cluster, s, r)
             mix[k] = mix.get(k, 0) + 1
-        relay_n = _relay(run_, args, cluster, p["relay"], tokens)
+        relay_n = _relay(run_, args, cluster, p["relay"], tokens) if p["relay"] else []
         result["targets"][f"{args.shards}_shards"] = {
             "shards": args.shards,
             "pids": cluster.pids,
@@ -402,6 +421,9 @@ def run(run_: Run, args: argparse.Namespace) -> dict[str, Any]:
         }
     finally:
         shards.stop(run_.procs, cluster)
+    if not p["relay"]:  # --relay-pairs 0: latency and CPU only
+        result["summary"] = summary(result, raw, args)
+        return result
     one = shards.start(run_.procs, run_.workdir, 1, run_.config_text, "n1")
     try:
         acc1 = shards.accounts(one, p["users"])
@@ -465,6 +487,8 @@ def summary(
         rows["cpu_ratio_to_local"] = ratios
     relay: dict[str, Any] = {}
     for name, t in result["targets"].items():
+        if not t["windows"]:
+            continue
         best = max(t["windows"], key=lambda w: w["acked_per_s"])
         relay[name] = {
             "acked_per_s": best["acked_per_s"],
@@ -492,6 +516,11 @@ def summary(
 
 def _ms(p: dict[str, Any]) -> dict[str, float]:
     return {k: p.get(k, 0) / 1000 for k in ("p50", "p90", "p99", "p99.9", "max")}
+
+
+def _loadavg() -> str:
+    with open("/proc/loadavg") as f:
+        return f.read().strip()
 
 
 def _cores() -> int:
