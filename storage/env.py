@@ -31,6 +31,7 @@ DATABASES = (
     "channels",  # channel -> [last msg_id, its ts]: orders the channel list without messages
     "outbox",  # topic \0 seq -> record bytes (seq 0: the topic's last seq); see outbox.py
     "relay",  # channel \0 shard -> last msg_id sent to that shard; see relay.py
+    "push",  # user \0 subscription id -> push subscription record; see push.py
 )
 
 

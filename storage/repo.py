@@ -1,9 +1,9 @@
 """The typed repository: record operations over one LMDB transaction.
 
-:class:`ReadTx` reads, :class:`WriteTx` also writes. Each sub-database has a small set of
-typed get / put / delete / scan methods (named ``<record>_<verb>``), defined next to its
-encoding in ``storage/accounts.py``, ``messages.py``, ``groups.py`` and ``outbox.py``. There is
-no rule about what a chat user may do here: a caller (the domain) writes a *transaction
+:class:`ReadTx` reads, :class:`WriteTx` also writes. Each sub-database has a small set of typed
+get / put / delete / scan methods (named ``<record>_<verb>``), defined next to its encoding in
+``storage/accounts.py``, ``messages.py``, ``groups.py``, ``outbox.py`` and ``push.py``. There
+is no rule about what a chat user may do here: a caller (the domain) writes a *transaction
 function* ``fn(tx: WriteTx) -> result`` that reads, decides and writes, and hands it to
 :meth:`storage.Store.write` or :meth:`storage.Store.submit`, which run it inside a group-commit
 batch (see ``storage/committer.py``). An exception raised by ``fn`` rolls back everything it
@@ -22,10 +22,11 @@ from storage.env import Txn
 from storage.groups import GroupReads, GroupWrites
 from storage.messages import MessageReads, MessageWrites
 from storage.outbox import OutboxReads, OutboxWrites
+from storage.push import PushReads, PushWrites
 from storage.relay import RelayReads, RelayWrites
 
 
-class ReadTx(AccountReads, GroupReads, MessageReads, OutboxReads, RelayReads):
+class ReadTx(AccountReads, GroupReads, MessageReads, OutboxReads, PushReads, RelayReads):
     """Typed reads of one transaction (read-only or write)."""
 
     __slots__ = ("txn",)
@@ -34,7 +35,9 @@ class ReadTx(AccountReads, GroupReads, MessageReads, OutboxReads, RelayReads):
         self.txn = txn
 
 
-class WriteTx(AccountWrites, GroupWrites, MessageWrites, OutboxWrites, RelayWrites, ReadTx):
+class WriteTx(
+    AccountWrites, GroupWrites, MessageWrites, OutboxWrites, PushWrites, RelayWrites, ReadTx
+):
     """Typed reads and writes of one op's (nested) write transaction."""
 
     __slots__ = ()
