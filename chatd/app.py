@@ -34,6 +34,7 @@ from chatd.net.http import HttpServer
 from chatd.net.lifecycle import Lifecycle
 from chatd.net.metrics import Sample
 from chatd.net.websocket import WsServer
+from chatd.ops.meter import MeteredMessenger
 from storage import Store
 
 
@@ -92,10 +93,17 @@ def public_urls(config: Config, port: int) -> tuple[str, str]:
     return f"{parts.scheme}://{parts.netloc}", f"{ws_scheme}://{parts.netloc}{parts.path}/v1/ws"
 
 
-def collect(store: Store, lifecycle: Lifecycle, sessions: Sessions) -> list[Sample]:
-    """What ``GET /metrics`` reports (see docs/api.md)."""
+def collect(
+    store: Store,
+    lifecycle: Lifecycle,
+    sessions: Sessions,
+    messenger: MeteredMessenger | None = None,
+    node: Node | None = None,
+) -> list[Sample]:
+    """What ``GET /metrics`` reports (docs/operations.md lists every series)."""
     st = store.stats()
-    return [
+    ws = lifecycle.websockets
+    out = [
         Sample("chatd_commit_batches_total", "counter", "group-commit batches", st["batches"]),
         Sample("chatd_commit_ops_total", "counter", "writes committed", st["ops"]),
         Sample("chatd_commit_queue_bytes", "gauge", "bytes waiting to commit", st["queued_bytes"]),
@@ -105,10 +113,73 @@ def collect(store: Store, lifecycle: Lifecycle, sessions: Sessions) -> list[Samp
             "chatd_open_connections", "gauge", "TCP connections served", lifecycle.connections.open
         ),
         Sample(
-            "chatd_websockets", "gauge", "open WebSocket connections", len(lifecycle.websockets)
+            "chatd_refused_connections_total",
+            "counter",
+            "connections closed at accept (over a connection cap)",
+            lifecycle.connections.dropped,
         ),
+        Sample("chatd_websockets", "gauge", "open WebSocket connections", len(ws)),
         Sample("chatd_online_users", "gauge", "users with a device online", sessions.users()),
+        Sample("chatd_draining", "gauge", "1 while the server drains", int(lifecycle.draining)),
+        Sample(
+            "chatd_outbound_overflows_total",
+            "counter",
+            "WebSockets closed 1008 for a full outbound queue (slow consumers)",
+            ws.overflows,
+        ),
     ]
+    for code, count in sorted(ws.closes.items()):
+        out.append(
+            Sample(
+                "chatd_websocket_closes_total",
+                "counter",
+                "WebSockets ended, by the close code the server used (0: none, the peer went)",
+                count,
+                (("code", str(code)),),
+            )
+        )
+    if messenger is not None:
+        lat = messenger.ack_latency_ms
+        out += [
+            Sample(
+                "chatd_messages_accepted_total",
+                "counter",
+                "messages committed on this shard (resends of a known ref not counted)",
+                messenger.accepted,
+            ),
+            Sample(
+                "chatd_messages_delivered_total",
+                "counter",
+                "msg frames handed to online devices",
+                messenger.delivered,
+            ),
+            Sample(
+                "chatd_ack_latency_seconds",
+                "histogram",
+                "from a message's acceptance (its ts) to its durable ack",
+                lat.total / 1000,
+                buckets=tuple(lat.cumulative(1 / 1000)),
+            ),
+        ]
+    if node is not None:
+        broker = node.broker.health()
+        out += [
+            Sample(
+                "chatd_cluster_broker_up",
+                "gauge",
+                "1 while this shard's link to the broker (Redis) is up",
+                int(broker["state"] == "up"),
+                (("shard", node.here),),
+            ),
+            Sample(
+                "chatd_cluster_outbox_pending",
+                "gauge",
+                "relayed records published but not yet confirmed by the broker",
+                node.publisher.pending(),
+                (("shard", node.here),),
+            ),
+        ]
+    return out
 
 
 def build(
@@ -136,7 +207,7 @@ def build(
         relay=node.relay if node else None,
         exists=node.forwarding.exists if node else None,
     )
-    messenger = Messenger(
+    messenger = MeteredMessenger(
         store,
         sessions,
         router,
@@ -208,7 +279,7 @@ def build(
             "signup": RateLimiter(limits.signup_rate, limits.signup_burst),
         },
         ws_url=ws_url,
-        metrics=lambda: collect(store, lifecycle, sessions),
+        metrics=lambda: collect(store, lifecycle, sessions, messenger, node),
         health=node.health if node else None,
     )
     origins = Origins(public_origin, config.server.allowed_origins)

@@ -14,6 +14,29 @@ import trio
 
 from chatd.net.admission import ConnectionLimits
 
+#: The close reason ``chatd/net/outbound.py`` gives a slow consumer (1008).
+OVERFLOW_REASON = "outbound queue overflow"
+
+
+class WebSockets(set[Any]):
+    """The open WebSocket connections. As each leaves (its task's last step), the close code
+    it was closed with is counted (0: it closed without one of ours, e.g. the peer went
+    first), and slow consumers closed for a full outbound queue separately: plain integer
+    increments, read by ``/metrics``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closes: dict[int, int] = {}
+        self.overflows = 0
+
+    def discard(self, conn: Any) -> None:
+        if conn in self:
+            code = getattr(conn, "close_code", 0)
+            self.closes[code] = self.closes.get(code, 0) + 1
+            if code == 1008 and getattr(conn, "close_reason", "") == OVERFLOW_REASON:
+                self.overflows += 1
+        super().discard(conn)
+
 
 class Lifecycle:
     def __init__(self, connections: ConnectionLimits) -> None:
@@ -21,7 +44,7 @@ class Lifecycle:
         self.connections = connections
         self.draining = False
         self.http_busy = 0  # HTTP requests being handled right now (drain waits for them)
-        self.websockets: set[Any] = set()  # open WebSocket connections
+        self.websockets = WebSockets()  # open WebSocket connections
         self._idle = trio.Event()
 
     def check_idle(self) -> None:
