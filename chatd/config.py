@@ -172,6 +172,25 @@ class ClusterConfig:
         pass  # the file itself is checked by Config.validate, which also sees server.shard
 
 
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    #: "text" (key=value, one line per event) or "json" (one object per line)
+    format: str = "text"
+    level: str = "INFO"
+    #: a file to append to ("" = stderr, which systemd's journal collects); SIGHUP reopens it
+    file: str = ""
+
+    def validate(self) -> None:
+        if self.format not in LOG_FORMATS:
+            raise ConfigError(f"log.format: expected one of {', '.join(LOG_FORMATS)}")
+        if self.level.upper() not in LOG_LEVELS:
+            raise ConfigError(f"log.level: expected one of {', '.join(LOG_LEVELS)}")
+
+
 @dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -181,6 +200,7 @@ class Config:
     presence: PresenceConfig = field(default_factory=PresenceConfig)
     push: PushConfig = field(default_factory=PushConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     def validate(self) -> Config:
         for f in fields(self):
