@@ -178,17 +178,7 @@ class Messenger:
                 self._committed(device, ref, appended, error)
 
             try:
-                op = partial(
-                    append_message,
-                    sender=user,
-                    ref=ref,
-                    channel=channel,
-                    members=members,
-                    body=body,
-                    ts=now_ms(),
-                    hooks=self.outbox_hooks,
-                    relay=self.relay,
-                )
+                op = self._append_op(user, ref, channel, members, body)
                 self.store.submit(op, committed, size=message_bytes(body))
             except trio.WouldBlock:
                 raise Unavailable("server busy, retry shortly", retry_after=0.05) from None
@@ -205,8 +195,29 @@ class Messenger:
             device.finished(self._commit_error(device, ref, error))
             return
         device.finished({"type": "ack", "ref": ref, **appended.ack})
+        self._stored(appended, exclude=device)
+
+    def _append_op(
+        self, sender: str, ref: str, channel: str, members: list[str] | None, body: str
+    ) -> partial[Appended]:
+        """The send's unit of work, for the group committer."""
+        return partial(
+            append_message,
+            sender=sender,
+            ref=ref,
+            channel=channel,
+            members=members,
+            body=body,
+            ts=now_ms(),
+            hooks=self.outbox_hooks,
+            relay=self.relay,
+        )
+
+    def _stored(self, appended: Appended, exclude: DeviceSink | None = None) -> None:
+        """After a send's commit, in commit order: deliveries, and relayed records on their
+        way to other shards."""
         if not appended.duplicate:
-            self.fan_out(appended.inbox, appended.message, exclude=device)
+            self.fan_out(appended.inbox, appended.message, exclude=exclude)
             if appended.relayed and self.relay is not None:
                 self.relay.committed()
 
@@ -221,25 +232,8 @@ class Messenger:
             members = channels.dm_members(channel)
             if members is None or sender not in members:
                 raise NotFound(f"no channel {channel!r}")
-        op = partial(
-            append_message,
-            sender=sender,
-            ref=ref,
-            channel=channel,
-            members=members,
-            body=body,
-            ts=now_ms(),
-            hooks=self.outbox_hooks,
-            relay=self.relay,
-        )
-
-        def committed(appended: Appended) -> None:  # in commit order, like every send's
-            if not appended.duplicate:
-                self.fan_out(appended.inbox, appended.message)
-                if appended.relayed and self.relay is not None:
-                    self.relay.committed()
-
-        return await self.store.write(op, committed, size=message_bytes(body))
+        op = self._append_op(sender, ref, channel, members, body)
+        return await self.store.write(op, self._stored, size=message_bytes(body))
 
     def _commit_error(self, device: DeviceSink, ref: str, error: BaseException | None) -> ChatError:
         if isinstance(error, ChatError):
