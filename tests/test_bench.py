@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,3 +82,50 @@ def test_relay_smoke(tmp_path: Path) -> None:
     assert w["commit_metrics"]["chatd_commit_batches_total"] > 0
     assert w["lmdb_commits_per_s"] > 0 and w["mean_batch"] >= 1
     assert set(summary["ratios"]) == {"chatd/trio", "chatd/websockets"}
+
+
+@pytest.mark.skipif(
+    shutil.which("redis-server") is None, reason="the cluster scenario needs redis-server"
+)
+def test_cluster_smoke(tmp_path: Path) -> None:
+    result = run_bench(
+        tmp_path,
+        "cluster",
+        "--pairs",
+        "3",
+        "--rate",
+        "60",
+        "--warmup",
+        "0.3",
+        "--duration",
+        "1",
+        "--relay-pairs",
+        "3",
+        "--windows",
+        "2",
+        "--relay-duration",
+        "1",
+        "--clients",
+        "2",
+    )
+    assert result["accounts"]["ws_url_mismatches"] == 0
+    assert set(result["kinds"]) == {
+        "local",
+        "cross_seq_sender",
+        "cross_forwarded",
+        "same_home_remote_seq",
+    }
+    for kind in result["kinds"].values():
+        assert kind["pairs"] == 3 and kind["connect"]["ok"] == 6
+        assert kind["acked"] > 0 and kind["deliver_us"]["n"] > 0
+        assert set(kind["server_cpu"]) == {"s1", "s2", "redis"}
+    assert set(result["targets"]) == {"2_shards", "1_shard"}
+    for target in result["targets"].values():
+        (w,) = target["windows"]
+        assert w["acked"] > 0 and w["delivered"] > 0
+    goals = result["summary"]["goals"]
+    assert set(goals) == {
+        "cross_p99_deliver<=5ms",
+        "cpu_per_cross_msg<=2x_local",
+        "relay_2_shards>=1.7x_1",
+    }
