@@ -286,6 +286,17 @@ def window(
     return merged, deliver
 
 
+def quiesce(cluster: Cluster, max_secs: float = 30.0) -> dict[str, Any]:
+    """Wait (at most ``max_secs``) until no shard has outbox records waiting for a
+    confirmation, so that one window's backlog does not run into the next window."""
+    t0 = time.monotonic()
+    while True:
+        pending = {n: h.get("outbox_pending") for n, h in cluster.health().items()}
+        if not any(pending.values()) or time.monotonic() - t0 >= max_secs:
+            return {"secs": time.monotonic() - t0, "outbox_pending": pending}
+        time.sleep(0.5)
+
+
 def _rate_kind(
     run: Run,
     args: argparse.Namespace,
@@ -354,6 +365,7 @@ def _relay(
             r["window"] = w
             r["connect"] = connect
             out.append(r)
+            r["quiesce"] = quiesce(cluster)
             run.log(
                 f"cluster relay {n} shard(s) W={w}: {r['acked_per_s']:,.0f} acked/s, "
                 f"{r['delivered_per_s']:,.0f} delivered/s, servers {r['server_cpu_pct']:.0f}% "
@@ -405,6 +417,9 @@ def run(run_: Run, args: argparse.Namespace) -> dict[str, Any]:
         kinds: dict[str, Any] = {}
         for kind in args.kinds:
             kinds[kind], raw[kind] = _rate_kind(run_, args, cluster, kind, p["kinds"][kind], tokens)
+            kinds[kind]["quiesce"] = q = quiesce(cluster)
+            if q["secs"] > 1:
+                run_.log(f"cluster: outbox drained in {q['secs']:.1f} s: {q['outbox_pending']}")
             settle(args.settle)
         result["kinds"] = kinds
         mix: dict[str, int] = {}
