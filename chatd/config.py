@@ -154,12 +154,46 @@ class PresenceConfig:
 
 @dataclass(frozen=True)
 class PushConfig:
-    #: Let push subscriptions target loopback/private addresses (tests, LAN relays). A key the
-    #: client contract fixes; push delivery itself is not built yet (docs/api.md).
+    """Push notifications for offline recipients (``chatd/push/``, docs/api.md "Push")."""
+
+    #: Let push subscriptions target loopback/private addresses (tests, LAN relays), and
+    #: plain ``http``. A key the client contract fixes.
     allow_private_networks: bool = False
+    #: A notification not delivered this long after its message is dropped (counted expired).
+    expiry_hours: float = 24.0
+    #: At most one notification per subscription and channel per this many seconds; the
+    #: messages of a window go out as one notification carrying their ``count``.
+    collapse_window: float = 10.0
+    #: Notifications in flight at once (HTTP requests to webhooks and push services).
+    concurrency: int = 32
+    #: The first retry waits about this many seconds; each further one twice as long (with
+    #: jitter), up to ``retry_max``.
+    retry_base: float = 1.0
+    retry_max: float = 600.0
+    #: Seconds to connect (TCP and TLS), and to receive the whole response.
+    connect_timeout: float = 5.0
+    read_timeout: float = 10.0
+    #: Subscriptions per user (400 bad_request beyond).
+    max_subscriptions: int = 10
+    #: The VAPID ``sub`` claim push services may contact (``mailto:`` or ``https:``).
+    vapid_subject: str = "mailto:chatd@localhost"
 
     def validate(self) -> None:
-        pass  # a bool: its type is checked when the file is read
+        for key in (
+            "expiry_hours",
+            "collapse_window",
+            "concurrency",
+            "retry_base",
+            "retry_max",
+            "connect_timeout",
+            "read_timeout",
+            "max_subscriptions",
+        ):
+            _positive(f"push.{key}", getattr(self, key))
+        if self.retry_max < self.retry_base:
+            raise ConfigError("push.retry_max: must be >= push.retry_base")
+        if not self.vapid_subject.startswith(("mailto:", "https://")):
+            raise ConfigError("push.vapid_subject: must start with mailto: or https://")
 
 
 @dataclass(frozen=True)
