@@ -23,7 +23,7 @@ from chatd.cluster.publisher import Publisher, Sender
 from chatd.cluster.relay import GROUP_REPLICA, ClusterRelay
 from chatd.domain import friends_tx
 from chatd.domain.messaging import Messenger
-from chatd.domain.ports import DeviceSink, Relay
+from chatd.domain.ports import DeviceSink, OutboxHook, Relay
 from chatd.domain.replica_tx import APPLIED, EARLY, Replicated, apply_group, apply_message
 from storage import Group, Store, WriteTx
 
@@ -33,12 +33,16 @@ log = logging.getLogger("chatd.cluster")
 Record = wire.Relayed | wire.Op
 
 
-def _apply_all(tx: WriteTx, batch: list[Record], relay: Relay) -> list[Replicated | None]:
-    """Apply a batch in one transaction: messages in channel order, ops (None) as they come."""
+def _apply_all(
+    tx: WriteTx, batch: list[Record], relay: Relay, hooks: Sequence[OutboxHook] = ()
+) -> list[Replicated | None]:
+    """Apply a batch in one transaction: messages in channel order, ops (None) as they come.
+    ``hooks`` (push) store their records with each message, as in a local send."""
     out: list[Replicated | None] = []
     for r in batch:
         if isinstance(r, wire.Relayed):
-            out.append(apply_message(tx, r.message, prev=r.prev, members=r.members, ref=r.ref))
+            m, prev, members, ref = r.message, r.prev, r.members, r.ref
+            out.append(apply_message(tx, m, prev=prev, members=members, ref=ref, hooks=hooks))
         elif r.kind == wire.FRIEND:
             d = r.data
             friends_tx.apply_friend(tx, d["u"], d["o"], d["s"], relay)
@@ -108,7 +112,12 @@ class Applier:
             ready: list[tuple[str, Record]] = []
             records = [r for _, r in batch]
             results = await self.store.write(
-                partial(_apply_all, batch=records, relay=self.relay),
+                partial(
+                    _apply_all,
+                    batch=records,
+                    relay=self.relay,
+                    hooks=self.messenger.outbox_hooks,
+                ),
                 partial(self._committed, batch, ready=ready),
             )
             for (entry_id, record), result in zip(batch, results, strict=True):

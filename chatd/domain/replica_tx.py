@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from chatd.domain.memberships_tx import join, mark_read
+from chatd.domain.ports import OutboxHook
 from storage import Group, Message, WriteTx
 
 APPLIED, DUPLICATE, EARLY = "applied", "duplicate", "early"
@@ -33,14 +34,21 @@ class Replicated:
 
 
 def apply_message(
-    tx: WriteTx, message: Message, *, prev: int, members: Sequence[str], ref: str
+    tx: WriteTx,
+    message: Message,
+    *,
+    prev: int,
+    members: Sequence[str],
+    ref: str,
+    hooks: Sequence[OutboxHook] = (),
 ) -> Replicated:
     """Store ``message`` for ``members`` (homed on this shard), once and in channel order.
 
     Members join the channel first (a 1:1 channel's first message, or a group whose
     membership record is still on its way), so the message counts as unread for them. A
     sender among ``members`` gets its inbox entry and read mark like any send, and its
-    ``ref`` the ack a resend to this shard answers with.
+    ``ref`` the ack a resend to this shard answers with. Each outbox hook's records (push
+    notifications for the members homed here) are stored with the copy, as a local send's are.
     """
     channel, msg_id = message.channel, message.msg_id
     if tx.message_get(channel, msg_id) is not None:
@@ -60,6 +68,9 @@ def apply_message(
             tx.ref_put(message.sender, ref, ack)
     if msg_id > tx.channel_last(channel)[0]:
         tx.channel_last_put(channel, msg_id, message.ts)
+    for hook in hooks:
+        for record in hook.records(channel, msg_id, message.sender, inbox):
+            tx.outbox_append(hook.topic, record)
     return Replicated(APPLIED, message, inbox, ack)
 
 
