@@ -35,6 +35,7 @@ from chatd.net.lifecycle import Lifecycle
 from chatd.net.metrics import Sample
 from chatd.net.websocket import WsServer
 from chatd.ops.meter import MeteredMessenger
+from chatd.ops.users import GuardedAccounts
 from storage import Store
 
 
@@ -201,7 +202,7 @@ def build(
     lifecycle = Lifecycle(
         ConnectionLimits(config.server.max_connections, limits.max_connections_per_ip)
     )
-    accounts = Accounts(
+    accounts = GuardedAccounts(
         store,
         config.security,
         relay=node.relay if node else None,

@@ -6,6 +6,11 @@ hypercorn's shape: :meth:`Server.drain` stops the accept loop, marks the server 
 (``/healthz`` answers 503), closes every WebSocket with 1001 and lets in-flight HTTP requests
 finish; connections get ``server.drain_timeout`` seconds, then are cancelled. Storage closes
 last, after the committer has written everything queued.
+
+Operations (``chatd/ops/``): the data directory's lock is held for the whole run; systemd hears
+READY=1 once listening, WATCHDOG=1 and STATUS= from a task on the loop, STOPPING=1 when the
+drain starts; WebSockets are closed in slices spread over the first half of the drain window
+(``chatd/ops/drain.py``); the admin socket serves ``chatd user ...`` until the end.
 """
 
 from __future__ import annotations
@@ -19,6 +24,10 @@ from chatd.app import App, build
 from chatd.config import Config
 from chatd.net import listener as listening
 from chatd.net import sockets as net
+from chatd.ops import drain, notify
+from chatd.ops.admin import AdminServer
+from chatd.ops.datalock import DataLock
+from chatd.ops.users import UserAdmin
 from storage import Store
 
 
@@ -34,6 +43,26 @@ class Server:
 
     def drain(self) -> None:
         self._drain.set()
+
+    def status(self) -> str:
+        """One line for systemd's STATUS= (``systemctl status``)."""
+        app = self.app
+        state = "draining" if app.draining else "serving"
+        return (
+            f"{state}: {app.open_connections} connections, {len(app.lifecycle.websockets)} "
+            f"WebSockets, {app.sessions.users()} users online"
+        )
+
+    def counters(self) -> dict[str, object]:
+        """The admin socket's ``stats``."""
+        app = self.app
+        return {
+            "open_connections": app.open_connections,
+            "websockets": len(app.lifecycle.websockets),
+            "online_users": app.sessions.users(),
+            "draining": app.draining,
+            "storage": app.store.stats(),
+        }
 
 
 def _tune_gc() -> None:
@@ -53,7 +82,12 @@ async def serve(
     """Run chatd until :meth:`Server.drain`; ``task_status.started(server)`` once listening."""
     cfg = config.server
     discovery = config.discovery()
-    listener = listening.open_listener(cfg.host, cfg.port)
+    lock = DataLock(cfg.data).acquire()
+    try:
+        listener = listening.open_listener(cfg.host, cfg.port)
+    except BaseException:
+        lock.release()
+        raise
     peer_listener = None
     try:
         if discovery is not None and len(discovery.shards) > 1:
@@ -71,39 +105,53 @@ async def serve(
         listener.close()
         if peer_listener is not None:
             peer_listener.close()
+        lock.release()
         raise
+    notifier = notify.from_environment()
     host, port = listener.getsockname()[:2]
-    async with trio.open_nursery() as root:
-        await root.start(store.run)
-        try:
-            async with trio.open_nursery() as conns:
-                app = build(config, store, conns, port, discovery)
-                server = Server(app, host, port)
-                accept_scope = trio.CancelScope()
-                conns.start_soon(listening.accept_loop, app.http, listener, conns, accept_scope)
-                if app.node is not None and app.peer_http is not None and peer_listener:
-                    # Peers keep being served while this shard drains (until the end).
-                    peer_scope = trio.CancelScope()
-                    conns.start_soon(
-                        listening.accept_loop, app.peer_http, peer_listener, conns, peer_scope
+    try:
+        async with trio.open_nursery() as root:
+            await root.start(store.run)
+            try:
+                async with trio.open_nursery() as conns:
+                    app = build(config, store, conns, port, discovery)
+                    server = Server(app, host, port)
+                    accept_scope = trio.CancelScope()
+                    conns.start_soon(listening.accept_loop, app.http, listener, conns, accept_scope)
+                    if app.node is not None and app.peer_http is not None and peer_listener:
+                        # Peers keep being served while this shard drains (until the end).
+                        peer_scope = trio.CancelScope()
+                        conns.start_soon(
+                            listening.accept_loop, app.peer_http, peer_listener, conns, peer_scope
+                        )
+                        conns.start_soon(app.node.run)
+                    conns.start_soon(app.heartbeats.run)
+                    conns.start_soon(app.sweeper.run)
+                    admin = AdminServer(
+                        UserAdmin(store, app.accounts, app.sessions, app.router), server.counters
                     )
-                    conns.start_soon(app.node.run)
-                conns.start_soon(app.heartbeats.run)
-                conns.start_soon(app.sweeper.run)
-                _tune_gc()
-                print(f"chatd listening on http://{host}:{port}", file=sys.stderr, flush=True)
-                task_status.started(server)
-                await server._drain.wait()
-                accept_scope.cancel()
-                app.lifecycle.draining = True
-                app.ws.close_all(1001, "server draining")
-                # What is left once WebSockets are closed and requests answered is idle
-                # keep-alive connections waiting for a next request: cancel them.
-                with trio.move_on_after(cfg.drain_timeout):
-                    await app.lifecycle.wait_idle()
-                conns.cancel_scope.cancel()
-        finally:
-            net.close(listener)
-            if peer_listener is not None:
-                net.close(peer_listener)
-            store.close()
+                    await conns.start(admin.run, cfg.data)
+                    conns.start_soon(notifier.keepalive, server.status)
+                    _tune_gc()
+                    print(f"chatd listening on http://{host}:{port}", file=sys.stderr, flush=True)
+                    notifier.ready(server.status())
+                    task_status.started(server)
+                    await server._drain.wait()
+                    notifier.stopping()
+                    accept_scope.cancel()
+                    app.lifecycle.draining = True
+                    # What is left once WebSockets are closed and requests answered is idle
+                    # keep-alive connections waiting for a next request: cancel them.
+                    with trio.move_on_after(cfg.drain_timeout):
+                        window = cfg.drain_timeout * drain.SPREAD
+                        await drain.close_spread(app.lifecycle.websockets, window)
+                        await app.lifecycle.wait_idle()
+                    conns.cancel_scope.cancel()
+            finally:
+                net.close(listener)
+                if peer_listener is not None:
+                    net.close(peer_listener)
+                store.close()
+                notifier.close()
+    finally:
+        lock.release()  # only once the environment is closed
