@@ -505,7 +505,6 @@ async def test_healthz_is_200(http: HttpClient) -> None:
 @pytest.mark.parametrize(
     ("method", "path"),
     [
-        ("GET", "/"),
         ("GET", "/nope"),
         ("GET", "/v1"),
         ("GET", "/v1/"),

@@ -16,6 +16,7 @@ from chatd.domain.sessions import Sessions
 from chatd.net.lifecycle import Lifecycle
 from chatd.net.metrics import CONTENT_TYPE, Collector, render
 from chatd.net.routing import Request, Response, Router, Text, run_handler
+from chatd.net.static import StaticSite, load
 
 
 class Api:
@@ -62,6 +63,7 @@ class Api:
         r.add("GET", "/v1/groups/{channel_id}", self.group)
         r.add("PUT", "/v1/groups/{channel_id}/members/{user_id}", self.add_member)
         r.add("DELETE", "/v1/groups/{channel_id}/members/{user_id}", self.remove_member)
+        StaticSite(load(), ws_url).add_routes(r)  # the web client at ``/``, read once here
 
     async def dispatch(self, request: Request) -> Response:
         async def routed(req: Request) -> Response:

@@ -293,7 +293,7 @@ class HttpConnection:
             headers.append((b"content-type", b"application/json"))
         else:
             body = b""
-        if response.status != 204:
+        if response.status not in (204, 304):  # neither may declare a length of 0
             headers.append((b"content-length", str(len(body)).encode()))
         if close:
             headers.append((b"connection", b"close"))
