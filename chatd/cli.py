@@ -6,12 +6,15 @@ import argparse
 import logging
 import signal
 import sys
+from collections.abc import Callable
 
 import trio
 
 from chatd import __version__
 from chatd.cluster import launch
 from chatd.config import Config, ConfigError, load
+from chatd.ops import commands, logs
+from chatd.ops.reload import Reloader
 from chatd.server import serve
 from storage import StorageUnavailable
 
@@ -31,46 +34,65 @@ def _parser() -> argparse.ArgumentParser:
         help="cluster discovery file (see conf/cluster.example.toml): run the shard --shard "
         "names, listening where its url says unless --listen is given",
     )
-    s.add_argument("--log-level", default="INFO", help="logging level (INFO)")
+    s.add_argument("--log-level", help="logging level (config log.level: INFO)")
+    s.add_argument(
+        "--log-format", choices=("text", "json"), help="log lines (config log.format: text)"
+    )
     c = sub.add_parser(
         "cluster",
         help="run a local cluster: redis-server and N shards on loopback, in the foreground",
     )
     launch.add_arguments(c)
+    commands.add_parsers(sub)
     return parser
 
 
-async def _run(config: Config) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+async def _run(config: Config, reread: Callable[[], Config]) -> None:
+    """Serve until SIGTERM/SIGINT (drain); SIGHUP reloads (``chatd/ops/reload.py``)."""
+    stop = (signal.SIGTERM, signal.SIGINT)
+    with trio.open_signal_receiver(*stop, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             server = await nursery.start(serve, config)
+            reloader = Reloader(config, reread, server.limiters())
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    reloader.reload()
+                    continue
                 logging.getLogger("chatd").info("%s: draining", signal.Signals(signum).name)
                 server.drain()
                 break
+
+
+def _load(args: argparse.Namespace) -> Config:
+    """The config as the command line says: file, flags, log flags."""
+    config = load(
+        args.config,
+        discovery=args.discovery,
+        listen=args.listen,
+        data=args.data,
+        shard=args.shard,
+    )
+    log = {"level": args.log_level, "format": args.log_format}
+    log = {k: v for k, v in log.items() if v is not None}
+    return config.replace("log", **log) if log else config
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "cluster":
         return launch.main(args)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    if args.command in commands.COMMANDS:
+        logging.basicConfig(level="WARNING")
+        return commands.run(args)
     try:
-        config = load(
-            args.config,
-            discovery=args.discovery,
-            listen=args.listen,
-            data=args.data,
-            shard=args.shard,
-        )
+        config = _load(args)
+        logs.setup(config.log)
     except ConfigError as exc:
         print(f"chatd: config error: {exc}", file=sys.stderr)
         return 2
     failures: list[BaseException] = []
     try:
-        trio.run(_run, config)
+        trio.run(_run, config, lambda: _load(args))
     except* (OSError, StorageUnavailable) as group:
         failures = _leaves(group)
     for failure in failures:

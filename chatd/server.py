@@ -22,6 +22,7 @@ import trio
 
 from chatd.app import App, build
 from chatd.config import Config
+from chatd.domain.ratelimit import RateLimiter
 from chatd.net import listener as listening
 from chatd.net import sockets as net
 from chatd.ops import drain, notify
@@ -52,6 +53,17 @@ class Server:
             f"{state}: {app.open_connections} connections, {len(app.lifecycle.websockets)} "
             f"WebSockets, {app.sessions.users()} users online"
         )
+
+    def limiters(self) -> dict[str, RateLimiter]:
+        """The token buckets SIGHUP may retune (``chatd/ops/reload.py``), by limit name."""
+        app = self.app
+        return {
+            "send": app.messenger.send_limiter,
+            "history": app.messenger.history_limiter,
+            "read": app.receipts.read_limiter,
+            "typing": app.receipts.typing_limiter,
+            **app.api.limiters,  # api, login, signup
+        }
 
     def counters(self) -> dict[str, object]:
         """The admin socket's ``stats``."""
