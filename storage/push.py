@@ -30,6 +30,14 @@ class PushReads:
         """The ids of ``user_id``'s subscriptions (no record decoded: the send's commit)."""
         return [sub_id for sub_id, _ in self.txn.scan("push", user_id)]
 
+    def push_sub_keys(self) -> list[tuple[str, str]]:
+        """(user, id) of every subscription, in key order: the push index at start-up."""
+        out = []
+        for key in self.txn.cursor("push").iternext(keys=True, values=False):
+            user, _, sub_id = bytes(key).partition(b"\x00")
+            out.append((user.decode(), sub_id.decode()))
+        return out
+
 
 class PushWrites:
     __slots__ = ()
