@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from chatd.domain import validate
 from chatd.domain.accounts import Accounts, token_digest
@@ -17,6 +17,16 @@ from chatd.net.lifecycle import Lifecycle
 from chatd.net.metrics import CONTENT_TYPE, Collector, render
 from chatd.net.routing import Request, Response, Router, Text, run_handler
 from chatd.net.static import StaticSite, load
+
+
+class PushRoutes(Protocol):
+    """Push subscriptions (``chatd/push/``): the calls behind ``/v1/push/...``."""
+
+    async def subscribe(self, user_id: str, data: Any) -> dict[str, Any]: ...
+
+    async def unsubscribe(self, user_id: str, sub_id: str) -> None: ...
+
+    def vapid_public_key(self) -> str: ...
 
 
 class Api:
@@ -33,6 +43,7 @@ class Api:
         ws_url: str,
         metrics: Collector,
         health: Callable[[], dict[str, Any]] | None = None,
+        push: PushRoutes | None = None,
     ) -> None:
         self.accounts = accounts
         self.sessions = sessions
@@ -44,6 +55,7 @@ class Api:
         self.ws_url = ws_url
         self.metrics = metrics
         self.health = health  # more of ``/healthz`` (a shard's cluster state)
+        self.push = push
         r = self.router = Router()
         r.add("GET", "/healthz", self.healthz, auth=False)
         r.add("GET", "/metrics", self.metrics_text, auth=False)
@@ -63,6 +75,10 @@ class Api:
         r.add("GET", "/v1/groups/{channel_id}", self.group)
         r.add("PUT", "/v1/groups/{channel_id}/members/{user_id}", self.add_member)
         r.add("DELETE", "/v1/groups/{channel_id}/members/{user_id}", self.remove_member)
+        if push is not None:
+            r.add("POST", "/v1/push/subscriptions", self.push_subscribe)
+            r.add("DELETE", "/v1/push/subscriptions/{sub_id}", self.push_unsubscribe)
+            r.add("GET", "/v1/push/vapid", self.push_vapid)
         StaticSite(load(), ws_url).add_routes(r)  # the web client at ``/``, read once here
 
     async def dispatch(self, request: Request) -> Response:
@@ -166,3 +182,17 @@ class Api:
     async def presence_query(self, req: Request) -> Response:
         targets = [validate.user_id(u) for u in req.query.get("user_id", [])]
         return Response(200, {"presence": await self.presence.query(req.user_id, targets)})
+
+    async def push_subscribe(self, req: Request) -> Response:
+        assert self.push is not None
+        return Response(201, await self.push.subscribe(req.user_id, req.json()))
+
+    async def push_unsubscribe(self, req: Request, sub_id: str) -> Response:
+        assert self.push is not None
+        await self.push.unsubscribe(req.user_id, sub_id)
+        return Response(204)
+
+    async def push_vapid(self, req: Request) -> Response:
+        """The VAPID public key browsers subscribe with (``applicationServerKey``)."""
+        assert self.push is not None
+        return Response(200, {"public_key": self.push.vapid_public_key()})
