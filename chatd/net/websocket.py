@@ -22,6 +22,7 @@ import itertools
 import logging
 import secrets
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -396,6 +397,7 @@ class Conn(Outbound):
                         return
                 self._write(data)
             cursor = page.entries[-1].seq
+            self.srv.delivered(user, cursor)  # push: these messages reached a device
             await trio.lowlevel.checkpoint()
             if self.closing:
                 return
@@ -425,12 +427,17 @@ class Conn(Outbound):
         """A live ``msg`` for inbox ``seq``: dropped while replaying or if already sent."""
         if not self.closing and self.session.offer(seq):
             self._write(self._encoded(frame))
+            self.srv.delivered(self.user_id, seq)  # push: a device has it (a moot job)
 
     def end(self, code: str, message: str) -> None:
         """Sign the device out with domain error ``code``: the error frame, then the close code
         the transport's table gives it (1008 if none)."""
         self.reply(protocol_error_frame(code, message))
         self.close(CLOSE_CODE.get(code, 1008), message)
+
+
+def _no_ack(user: str, seq: int) -> None:
+    return None
 
 
 class WsServer:
@@ -450,6 +457,7 @@ class WsServer:
         router: Router,
         lifecycle: Lifecycle,
         nursery: trio.Nursery,
+        delivered: Callable[[str, int], None] | None = None,
     ) -> None:
         self.config = config
         self.out_cap = config.limits.outbound_queue_bytes
@@ -464,6 +472,9 @@ class WsServer:
         self.lifecycle = lifecycle
         #: where helper tasks that belong to no single request run (output flushers)
         self.nursery = nursery
+        #: the delivery ack: ``delivered(user, seq)`` once a ``msg`` frame for inbox ``seq``
+        #: is written to one of the user's devices (push drops such a job as moot)
+        self.delivered = delivered or _no_ack
 
     @property
     def conns(self) -> set[Conn]:
