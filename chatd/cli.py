@@ -11,7 +11,7 @@ from collections.abc import Callable
 import trio
 
 from chatd import __version__
-from chatd.cluster import launch
+from chatd.cluster import launch, reshard
 from chatd.config import Config, ConfigError, load
 from chatd.ops import commands, logs
 from chatd.ops.reload import Reloader
@@ -43,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
         help="run a local cluster: redis-server and N shards on loopback, in the foreground",
     )
     launch.add_arguments(c)
+    r = sub.add_parser(
+        "reshard",
+        help="offline: move users and channels after the discovery file's shard list changed",
+    )
+    reshard.add_arguments(r)
     commands.add_parsers(sub)
     return parser
 
@@ -81,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "cluster":
         return launch.main(args)
+    if args.command == "reshard":
+        logging.basicConfig(level="INFO", format="%(asctime)s %(message)s")
+        return reshard.main(args)
     if args.command in commands.COMMANDS:
         logging.basicConfig(level="WARNING")
         return commands.run(args)
