@@ -36,6 +36,7 @@ from chatd.net.metrics import Sample
 from chatd.net.websocket import WsServer
 from chatd.ops.meter import MeteredMessenger
 from chatd.ops.users import GuardedAccounts
+from chatd.push.service import Push
 from storage import Store
 
 
@@ -59,6 +60,7 @@ class App:
     ws_url: str
     node: Node | None = None  # a shard of a cluster (None: the embedded single server)
     peer_http: HttpServer | None = None  # the peer listener's server, in a cluster
+    push: Push | None = None  # push notifications (chatd/push/): its worker runs in serve()
 
     # Read-only views for the listener's log and for tests.
     @property
@@ -194,7 +196,8 @@ def build(
     With ``discovery``, the server is one shard of a cluster (``chatd/cluster/``)."""
     limits = config.limits
     public_origin, ws_url = public_urls(config, port)
-    sessions = Sessions()
+    push = Push(config, store)  # its session table tells the push audience who is online
+    sessions: Sessions = push.sessions
     node = None
     if discovery is not None and len(discovery.shards) > 1:  # one shard needs no broker
         node = build_node(discovery, config.server.shard, store, sessions, nursery)
@@ -216,6 +219,7 @@ def build(
         history_limiter=RateLimiter(limits.history_rate, limits.history_burst),
         max_body=limits.max_body_chars,
         reply_bytes=limits.outbound_queue_bytes // 2,
+        outbox_hooks=(push.hook,),
         relay=node.relay if node else None,
         remote=node.forwarding if node else None,
     )
@@ -266,6 +270,7 @@ def build(
         router=router,
         lifecycle=lifecycle,
         nursery=nursery,
+        delivered=push.delivered,
     )
     api = Api(
         accounts=accounts,
@@ -280,8 +285,9 @@ def build(
             "signup": RateLimiter(limits.signup_rate, limits.signup_burst),
         },
         ws_url=ws_url,
-        metrics=lambda: collect(store, lifecycle, sessions, messenger, node),
+        metrics=lambda: collect(store, lifecycle, sessions, messenger, node) + push.samples(),
         health=node.health if node else None,
+        push=push,
     )
     origins = Origins(public_origin, config.server.allowed_origins)
     http = HttpServer(config, lifecycle, api, ws, origins)
@@ -313,4 +319,5 @@ def build(
         ws_url=ws_url,
         node=node,
         peer_http=peer_http,
+        push=push,
     )

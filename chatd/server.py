@@ -139,6 +139,8 @@ async def serve(
                         conns.start_soon(app.node.run)
                     conns.start_soon(app.heartbeats.run)
                     conns.start_soon(app.sweeper.run)
+                    if app.push is not None:
+                        conns.start_soon(app.push.run)
                     admin = AdminServer(
                         UserAdmin(store, app.accounts, app.sessions, app.router), server.counters
                     )

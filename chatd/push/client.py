@@ -94,7 +94,7 @@ async def _exchange(
             data = await stream.receive_some(8192)
             if not data and status:
                 break  # closed after the head: the body was cut short, the status stands
-            conn.receive_data(data)  # b"" before a response: h11 raises RemoteProtocolError
+            conn.receive_data(bytes(data))  # b"" before a response: h11 raises RemoteProtocolError
             continue
         if isinstance(event, h11.Response):
             status = event.status_code

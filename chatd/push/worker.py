@@ -243,7 +243,7 @@ class Worker:
 
     def _forget_subscription(self, user: str, sub_id: str) -> set[int]:
         """Drop every pending job of a deleted subscription; their seqs."""
-        seqs = set()
+        seqs: set[int] = set()
         for (u, s, _), stream in self.streams.items():
             if u == user and s == sub_id:
                 seqs.update(job.seq for job, _ in stream.jobs)
