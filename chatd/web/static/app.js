@@ -34,7 +34,6 @@ function newChannel(id) {
     lastTs: 0,
     lastMsgId: 0,
     readMsgId: 0,
-    sentRead: 0,
     messages: new Map(), // msg_id -> {msg_id, from, body, ts}
     outgoing: new Map(), // ref -> {ref, body, ts, error}
     loaded: false,
@@ -299,7 +298,7 @@ function onFrame(f) {
     default:
       return;
   }
-  render();
+  renderSoon();
   markRead();
 }
 
@@ -307,13 +306,19 @@ function openChannel() {
   return state.open ? state.channels.get(state.open) : null;
 }
 
+// One read mark per burst of messages, not one per message (read frames are rate-limited).
+let readTimer = 0;
 function markRead() {
+  if (!readTimer) readTimer = setTimeout(sendRead, 100);
+}
+
+function sendRead() {
+  readTimer = 0;
   const ch = openChannel();
   if (!ch || !state.conn || document.visibilityState !== 'visible') return;
-  if (ch.lastMsgId > ch.readMsgId) {
+  // Offline, the mark waits: `synced` calls this again once the link is back.
+  if (ch.lastMsgId > ch.readMsgId && state.conn.read(ch.id, ch.lastMsgId)) {
     ch.readMsgId = ch.lastMsgId;
-    ch.sentRead = ch.lastMsgId;
-    state.conn.read(ch.id, ch.lastMsgId);
     render();
   }
 }
@@ -491,7 +496,16 @@ function dot(status) {
   return el('span', { class: `dot ${online ? 'online' : 'offline'}`, role: 'img', 'aria-label': online ? 'online' : 'offline' });
 }
 
+// Frames can come by the thousand (a replay after a long absence): they ask for one render
+// soon instead of one each.
+let renderTimer = 0;
+function renderSoon() {
+  if (!renderTimer) renderTimer = setTimeout(render, 30);
+}
+
 function render() {
+  clearTimeout(renderTimer);
+  renderTimer = 0;
   if (!state.session) return;
   renderChannels();
   renderFriends();
@@ -528,7 +542,9 @@ function renderChannels() {
     button.append(el('span', { class: 'name' }, ch.name));
     if (typing) button.append(el('span', { class: 'hint' }, 'typing…'));
     if (count) {
-      button.append(el('span', { class: 'badge', 'aria-label': `${count} unread` }, String(count)));
+      button.append(el('span', { class: 'badge' },
+        el('span', { 'aria-hidden': 'true' }, String(count)),
+        el('span', { class: 'visually-hidden' }, `${count} unread`)));
     }
     button.addEventListener('click', () => openConversation(ch.id));
     list.append(el('li', {}, button));

@@ -211,8 +211,8 @@ export class Connection {
     return ref;
   }
 
-  read(channel, msgId) { this.raw({ type: 'read', channel, msg_id: msgId }); }
-  typing(channel) { this.raw({ type: 'typing', channel }); }
+  read(channel, msgId) { return this.raw({ type: 'read', channel, msg_id: msgId }); }
+  typing(channel) { return this.raw({ type: 'typing', channel }); }
 }
 
 // A login's ws_url names the host the server was told it has; one bound to every address
