@@ -76,9 +76,12 @@ class Shots:
             shutil.copy(path, Path(self.copy_to) / path.name)
 
 
-def open_page(browser: Any, url: str, viewport: dict[str, int], problems: list[str]) -> Page:
+def open_page(
+    browser: Any, url: str, viewport: dict[str, int], problems: list[str], urls: list[str]
+) -> Page:
     context = browser.new_context(viewport=viewport, device_scale_factor=1)
     context.set_default_timeout(WAIT_MS)
+    context.on("request", lambda request: urls.append(request.url))
     page = context.new_page()
 
     def on_console(msg: Any) -> None:
@@ -135,11 +138,18 @@ def test_three_users_chat_and_survive_a_restart(
 ) -> None:
     shots = Shots(tmp_path)
     problems: list[str] = []
-    alice = open_page(browser, chatd.url, DESKTOP, problems)
-    bob = open_page(browser, chatd.url, DESKTOP, problems)
-    carol = open_page(browser, chatd.url, PHONE, problems)
+    urls: list[str] = []
+    alice = open_page(browser, chatd.url, DESKTOP, problems, urls)
+    bob = open_page(browser, chatd.url, DESKTOP, problems, urls)
+    carol = open_page(browser, chatd.url, PHONE, problems, urls)
     expect(alice.get_by_role("button", name="Log in")).to_be_visible()
     shots.take(alice, "login")
+
+    # By keyboard: Enter in the password field logs in (the form's first button); no account.
+    carol.get_by_role("main").get_by_label("User id").fill("carol")
+    carol.get_by_role("main").get_by_label("Password").fill(PASSWORD)
+    carol.get_by_role("main").get_by_label("Password").press("Enter")
+    expect(carol.get_by_role("alert").first).to_have_text("Wrong user id or password.")
 
     sign_up(alice, "alice", "Alice")
     sign_up(bob, "bob", "Bob")
@@ -231,4 +241,12 @@ def test_three_users_chat_and_survive_a_restart(
     expect(carol.locator("#conn-state")).to_have_text("Online", timeout=20_000)
     cursor = bob.evaluate("() => Number(localStorage.getItem('chatd.cursor.bob'))")
     assert cursor > 40
+
+    # The token lives in sessionStorage only: never in a URL the pages asked for.
+    token = alice.evaluate("() => JSON.parse(sessionStorage.getItem('chatd.session')).token")
+    secret = token.partition(".")[2]
+    assert secret and not [u for u in urls if secret in u]
+    alice.get_by_role("button", name="Log out").click()
+    expect(alice.get_by_role("button", name="Log in")).to_be_visible()
+    assert alice.evaluate("() => sessionStorage.getItem('chatd.session')") is None
     assert problems == []
