@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from chatd.client import ChatClient, HttpClient
+from tests.ops.cli import replay
 from tests.ops.proc import ServerProc, write_config
 
 PASSWORD = "correct horse battery"
@@ -169,17 +170,8 @@ async def test_systemd_notify_drain_and_restart(tmp_path: Path) -> None:
         async with ServerProc(config, data) as again:
             for user in (names[1], names[2]):
                 client = ChatClient(again.url, user, PASSWORD)
-                got = {}
                 async with client.session(since=0) as s:
-                    with trio.fail_after(10):
-                        await s.synced.wait()
-                        while True:
-                            try:
-                                frame = s._in_recv.receive_nowait()
-                            except trio.WouldBlock:
-                                break
-                            if frame["type"] == "msg":
-                                got[(frame["channel"], frame["msg_id"])] = frame["body"]
+                    got = await replay(s)
                 mine = [a for a in acked if user in a["channel"] or a["channel"].startswith("g:")]
                 for ack in mine:
                     assert (ack["channel"], ack["msg_id"]) in got
