@@ -18,6 +18,7 @@ import errno
 import fcntl
 import os
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import TypeVar
 
 import lmdb
@@ -82,7 +83,7 @@ class OfflineEnv:
         """The sub-databases this version of storage has."""
         return DATABASES
 
-    def read(self) -> Txn:
+    def read(self) -> AbstractContextManager[Txn]:
         """A read-only transaction, for ``with env.read() as txn:``."""
         return self.env.read()
 

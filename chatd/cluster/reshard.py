@@ -140,12 +140,15 @@ def reshard(
         _check_outboxes(envs)
         plan = _plan_id(old, new)
         log = _Journal(Path(journal), plan, old, new)
-        report = Report()
-        mover = _Mover(old, new, envs, log, report, step or (lambda _: None))
-        mover.channels()
-        mover.users(batch)
-        mover.reset_cursors()
-        log.finish()
+        try:
+            report = Report()
+            mover = _Mover(old, new, envs, log, report, step or (lambda _: None))
+            mover.channels()
+            mover.users(batch)
+            mover.reset_cursors()
+            log.finish()
+        finally:
+            log.file.close()
         return report
     finally:
         for env in envs.values():
@@ -223,7 +226,6 @@ class _Journal:
 
     def finish(self) -> None:
         self._write({"finished": True})
-        self.file.close()
 
 
 class _Mover:
