@@ -60,7 +60,8 @@ def pending_jobs(server: Server) -> int:
     return len(server.app.store.outbox_pending("push", 1000))
 
 
-async def until(condition: Any, timeout: float = 10.0) -> None:
-    with trio.fail_after(timeout):
-        while not condition():
+async def until(condition: Any, within: float = 10.0) -> None:
+    """Poll ``condition`` (a server counter or storage, which signal nothing) until true."""
+    with trio.fail_after(within):
+        while not condition():  # noqa: ASYNC110
             await trio.sleep(0.01)

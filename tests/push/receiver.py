@@ -93,8 +93,8 @@ class Receiver:
             await stream.send_all(reply + conn.send(h11.Data(data=b"ok")))
             await stream.send_all(conn.send(h11.EndOfMessage()))
 
-    async def wait(self, count: int, *, delivered: bool = True, timeout: float = 10.0) -> None:
+    async def wait(self, count: int, *, delivered: bool = True, within: float = 10.0) -> None:
         """Until ``count`` requests (answered 2xx, with ``delivered``) arrived."""
-        with trio.fail_after(timeout):
+        with trio.fail_after(within):
             while len(self.delivered() if delivered else self.requests) < count:
                 await self._changed.wait()

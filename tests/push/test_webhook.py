@@ -77,7 +77,7 @@ async def test_a_burst_collapses_into_one_notification_per_window(
                 mock_clock.autojump_threshold = 0.02
                 await trio.sleep(9.0)
                 assert len(receiver.requests) == 1  # still inside the window
-                await receiver.wait(2, timeout=5.0)
+                await receiver.wait(2, within=5.0)
                 await trio.sleep(20.0)
                 mock_clock.autojump_threshold = float("inf")
             payloads = [verified(r.body, r.headers) for r in receiver.requests]
