@@ -38,6 +38,7 @@ class Shards:
             for i in range(n)
         ]
         self.path = directory / "discovery.toml"
+        self.broker_url = broker_url
         self.discovery: Discovery = write_discovery(self.path, shards, broker_url, "t" * 32)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.config = directory / "chatd.toml"  # tests sign many users up from one address
@@ -73,6 +74,22 @@ class Shards:
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError(f"shard {name} did not start: see {self.directory / name}.log")
+
+    def use_shards(self, names: list[str]) -> Path:
+        """Write a discovery file listing ``names`` (known shards keep their addresses, new
+        ones get free ports) and start shards with it from now on; the previous file's path
+        (for ``chatd reshard --from``). Stop the shards first."""
+        assert not self.procs, "stop the shards before changing the shard list"
+        known = {shard.name: shard for shard in self.discovery.shards}
+        ports = _free_ports(2 * len(names))
+        shards = [
+            known.get(name)
+            or Shard(name, f"http://127.0.0.1:{ports[2 * i]}", f"127.0.0.1:{ports[2 * i + 1]}")
+            for i, name in enumerate(names)
+        ]
+        old, self.path = self.path, self.directory / f"discovery-{'-'.join(names)}.toml"
+        self.discovery = write_discovery(self.path, shards, self.broker_url, "t" * 32)
+        return old
 
     def start_all(self) -> None:
         for shard in self.discovery.shards:
