@@ -7,17 +7,23 @@ from __future__ import annotations
 import json
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
 from chatd.client import ChatClient, ChatError, HttpClient, HttpError
-from chatd.ops.admin import socket_path
+from chatd.ops.admin import call, socket_path
 from chatd.ops.datalock import DataLock
 from tests.conftest import make_config, running
 from tests.ops.cli import chatd
 
 PW = "a long enough password"
+
+
+async def admin(data: Path, request: dict[str, Any]) -> dict[str, Any]:
+    """The admin socket's answer, called as the CLI does (blocking, so in a thread)."""
+    return await trio.to_thread.run_sync(call, data, request)
 
 
 async def test_user_commands_through_the_admin_socket(tmp_path: Path) -> None:
@@ -28,8 +34,8 @@ async def test_user_commands_through_the_admin_socket(tmp_path: Path) -> None:
         done = await chatd("user", "--data", str(data), "add", "carol", env=env)
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout) == {"ok": True, "user_id": "carol"}
-        again = await chatd("user", "--data", str(data), "add", "carol", env=env)
-        assert again.returncode == 1 and json.loads(again.stdout)["error"] == "conflict"
+        again = await admin(data, {"op": "user.add", "user_id": "carol", "password": PW})
+        assert again["error"] == "conflict"
         await ChatClient(server.url, "dave", PW).signup()
 
         carol = ChatClient(server.url, "carol", PW)
@@ -51,8 +57,7 @@ async def test_user_commands_through_the_admin_socket(tmp_path: Path) -> None:
             await carol.login()
         assert bad.value.status == 401
 
-        on = await chatd("user", "--data", str(data), "enable", "carol")
-        assert on.returncode == 0, on.stderr
+        assert (await admin(data, {"op": "user.enable", "user_id": "carol"}))["ok"]
         old_token = await carol.login()
         reset = await chatd(
             "user",
@@ -72,8 +77,8 @@ async def test_user_commands_through_the_admin_socket(tmp_path: Path) -> None:
         carol.password = "another long password"
         await carol.login()
 
-        missing = await chatd("user", "--data", str(data), "disable", "nobody")
-        assert missing.returncode == 1 and json.loads(missing.stdout)["error"] == "not_found"
+        missing = await admin(data, {"op": "user.disable", "user_id": "nobody"})
+        assert missing["error"] == "not_found"
 
         # read-only stats beside the running server
         st = await chatd("stats", "--data", str(data))
