@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from chatd.cluster import wire
 from chatd.cluster.relay import GROUP_REPLICA, GROUP_VERSION, TOPIC
 from chatd.config_errors import ConfigError
 from chatd.discovery import Discovery, load_discovery
@@ -171,15 +172,53 @@ def _open(old: Discovery, new: Discovery, paths: Mapping[str, str]) -> dict[str,
 
 
 def _check_outboxes(envs: Mapping[str, OfflineEnv]) -> None:
+    """Refuse (naming the shard) while a relayed record was not applied at its destination.
+
+    A record stays in its sequencer's outbox until the destination confirms it, and a little
+    longer: the publisher deletes confirmed records on its next round, so a shard stopped
+    right after ``/healthz`` said ``outbox_pending`` 0 may keep a few. Those are recognised by
+    their effect at the destination (the message is there, the group version is reached, the
+    friendship row has that state) and dropped; any other record stops the move."""
+    drop: dict[str, list[int]] = {}
     for name, env in envs.items():
         with env.read() as txn:
-            pending = len(ReadTx(txn).outbox_pending(TOPIC, 1_000_000))
-        if pending:
+            pending = ReadTx(txn).outbox_pending(TOPIC, 1_000_000)
+        waiting = 0
+        for seq, raw in pending:
+            try:
+                dest, payload = wire.unpack(raw)
+                record = wire.decode(payload)
+            except (ValueError, TypeError):
+                record = None
+            if record is not None and dest in envs and _applied(envs[dest], record):
+                drop.setdefault(name, []).append(seq)
+            else:
+                waiting += 1
+        if waiting:
             raise ReshardError(
-                f"shard {name}: {pending} relayed record(s) not yet applied by their "
+                f"shard {name}: {waiting} relayed record(s) not yet applied by their "
                 f"destination (outbox topic {TOPIC!r}): start the cluster, stop new traffic "
                 "and wait until every shard's /healthz shows outbox_pending 0"
             )
+    for name, seqs in drop.items():
+        envs[name].write(partial(_drop_records, seqs=seqs))
+
+
+def _drop_records(t: Txn, *, seqs: list[int]) -> int:
+    return WriteTx(t).outbox_delete(TOPIC, seqs)
+
+
+def _applied(env: OfflineEnv, record: wire.Relayed | wire.Op | tuple[str, list[int]]) -> bool:
+    with env.read() as txn:
+        r = ReadTx(txn)
+        if isinstance(record, wire.Relayed):
+            return r.message_get(record.message.channel, record.message.msg_id) is not None
+        if isinstance(record, wire.Op) and record.kind == wire.GROUP:
+            return r.relay_last(record.data["c"], GROUP_REPLICA) >= record.data["v"]
+        if isinstance(record, wire.Op) and record.kind == wire.FRIEND:
+            d = record.data
+            return r.friend_get(d["u"], d["o"]) == d["s"]
+    return False
 
 
 def _plan_id(old: Discovery, new: Discovery) -> str:

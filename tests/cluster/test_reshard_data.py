@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from chatd.cluster.relay import TOPIC
 from chatd.cluster.reshard import Report, ReshardError, reshard
 from chatd.discovery import Discovery
 from chatd.domain.channels import dm_members, is_group
@@ -178,6 +179,31 @@ def test_refuses_while_records_wait_in_an_outbox(tmp_path: Path) -> None:
         _run(root, old, new)
     assert not (root / "reshard.journal").exists()
     _same(before, _snapshot(root, old, users, channels))  # nothing moved
+
+
+def test_confirmed_records_not_yet_deleted_do_not_stop_the_move(tmp_path: Path) -> None:
+    """A shard stopped between a confirmation and the publisher's delete keeps the record:
+    it is recognised as applied (the message is at its destination) and dropped."""
+    old, new = discovery(3), discovery(4)
+    root = tmp_path / "data"
+    cluster = DataCluster(root, old)
+    users, channels = seed(cluster)
+    channel = next(
+        c
+        for c in channels
+        if c.startswith("dm:")
+        and cluster.home(c) not in {cluster.home(u) for u in c.split(":")[1:]} | {""}
+    )
+    a, b = channel.split(":")[1:]
+    cluster.send(a, channel, "last", "last-ref", b)
+    records = cluster.read(cluster.home(channel), lambda r: r.outbox_pending(TOPIC, 100))
+    assert cluster.pump() == 0
+    seq = cluster.home(channel)
+    cluster.write(seq, lambda tx: [tx.outbox_put(TOPIC, s, raw) for s, raw in records])
+    before = snapshot(cluster, users, channels)
+    cluster.close()
+    _run(root, old, new)
+    _same(before, _snapshot(root, new, users, channels))
 
 
 def test_refuses_while_a_shard_runs(tmp_path: Path) -> None:
