@@ -58,17 +58,14 @@ class Notifier:
         self.send("STOPPING=1", f"STATUS={status}")
 
     async def keepalive(self, status: Callable[[], str]) -> None:
-        """Ping the watchdog (every half ``WATCHDOG_USEC``) with a fresh STATUS= line, or only
-        update the status every few seconds when there is no watchdog. Runs until cancelled."""
+        """Ping the watchdog with a fresh STATUS= line every half ``WATCHDOG_USEC``, or every
+        few seconds when systemd set no watchdog (it then ignores the ping, but the status
+        stays fresh). Runs until cancelled."""
         if self.address is None:
             return
-        interval = self.interval or STATUS_INTERVAL
         while True:
-            await trio.sleep(interval)
-            if self.interval:
-                self.send("WATCHDOG=1", f"STATUS={status()}")
-            else:
-                self.send(f"STATUS={status()}")
+            await trio.sleep(self.interval or STATUS_INTERVAL)
+            self.send("WATCHDOG=1", f"STATUS={status()}")
 
     def close(self) -> None:
         if self._sock is not None:
