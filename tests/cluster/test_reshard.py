@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -72,6 +73,14 @@ async def _check_histories(
             if shards.discovery.home(channel).name not in homes:
                 continue
         assert await _history(shards, channel, logins[members[0]]) == history, channel
+
+
+async def _eventually(done: Callable[[], bool], wait: float = 20) -> None:
+    for _ in range(int(wait / 0.05)):
+        if done():
+            return
+        await trio.sleep(0.05)
+    raise AssertionError("timed out")
 
 
 async def _wait_outboxes_empty(shards: Shards) -> None:
@@ -205,47 +214,70 @@ async def test_reshard_three_to_four_with_data_in_place(
 
     # Chat goes on: the moved group, a group that stayed, DMs between old and new homes.
     async with trio.open_nursery() as nursery:
+        got: dict[str, list[dict[str, Any]]] = {u: [] for u in users}
+
+        async def read(ws: WebSocketConnection, into: list[dict[str, Any]]) -> None:
+            while True:
+                frame = json.loads(await ws.get_message())
+                if frame["type"] in ("msg", "ack", "error"):
+                    into.append(frame)
+
         live = {}
         for user in users:
             login = after_logins[user]
             live[user] = await hello(nursery, login["ws_url"], login["token"])
-        heads = {u: len(before[u]["inbox"]) for u in users}
+            nursery.start_soon(read, live[user], got[user])
         expect: dict[str, list[tuple[str, str]]] = {u: [] for u in users}
+        sent: dict[str, list[tuple[str, str]]] = {u: [] for u in users}
+
+        async def send(sender: str, frame: dict[str, Any], to: list[str]) -> None:
+            await live[sender].send_message(json.dumps({"type": "send", **frame}))
+            sent[sender].append((frame["ref"], frame["body"]))
+            for member in to:
+                if member != sender:
+                    expect[member].append((frame.get("channel", ""), frame["body"]))
+
         for channel in groups.values():
             for sender in (group_members[channel][0], group_members[channel][-1]):
-                body = f"after {sender}"
-                ack = await _send(live[sender], {"ref": "after", "channel": channel, "body": body})
-                assert ack["msg_id"] == len(histories[channel]) + 1 + (
-                    sender == group_members[channel][-1]
-                )
-                for m in group_members[channel]:
-                    if m != sender:
-                        expect[m].append((channel, body))
-                heads[sender] += 1
+                frame = {"ref": f"after-{channel}", "channel": channel, "body": f"after {sender}"}
+                await send(sender, frame, group_members[channel])
         for a, b in list(zip(moved, stay, strict=False)):
-            ack = await _send(live[a], {"ref": "after-dm", "to": b, "body": f"new {a}"})
-            expect[b].append((dm_channel(a, b), f"new {a}"))
-            heads[a] += 1
-            assert ack["inbox"] == heads[a]
-        for user in users:
-            want = expect[user]
-            got = await frames_until(
-                live[user], lambda g, n=len(want): sum(f["type"] == "msg" for f in g) >= n
+            await send(a, {"ref": "after-dm", "to": b, "body": f"new {a}"}, [b])
+        await _eventually(
+            lambda: all(
+                sum(f["type"] == "msg" for f in got[u]) >= len(expect[u])
+                and sum(f["type"] in ("ack", "error") for f in got[u]) >= len(sent[u])
+                for u in users
             )
-            msgs = [f for f in got if f["type"] == "msg"]
-            assert sorted((f["channel"], f["body"]) for f in msgs) == sorted(want), user
-            assert [f["inbox"] for f in msgs] == list(
-                range(heads[user] + 1, heads[user] + 1 + len(msgs))
-            ), user
+        )
+        for user in users:
+            frames = got[user]
+            assert not [f for f in frames if f["type"] == "error"], (user, frames)
+            msgs = [f for f in frames if f["type"] == "msg"]
+            seen = sorted(
+                (f["channel"] if f["channel"].startswith("g:") else "", f["body"]) for f in msgs
+            )
+            assert seen == sorted(expect[user]), user
+            seqs = sorted(f["inbox"] for f in frames)
+            start = len(before[user]["inbox"]) + 1
+            assert seqs == list(range(start, start + len(seqs))), (user, seqs)
+        for channel in groups.values():  # msg_ids go on from the history before the move
+            ids = sorted(
+                {f["msg_id"] for fs in got.values() for f in fs if f["channel"] == channel}
+            )
+            assert ids == [len(histories[channel]) + 1, len(histories[channel]) + 2], channel
         # A member added to the moved group after the move gets its next message.
         channel = groups["moves"]
         newcomer = next(u for u in moved if u not in group_members[channel])
         owner = group_members[channel][0]
         async with HttpClient(shards.url("s2"), token=after_logins[owner]["token"]) as http:
             await http.call("PUT", f"/v1/groups/{channel}/members/{newcomer}")
-        await _send(live[owner], {"ref": "welcome", "channel": channel, "body": "welcome"})
-        got = await frames_until(live[newcomer], lambda g: any(f["type"] == "msg" for f in g))
-        assert [f["body"] for f in got if f["type"] == "msg"] == ["welcome"]
+        got[newcomer].clear()
+        await live[owner].send_message(
+            json.dumps({"type": "send", "ref": "welcome", "channel": channel, "body": "welcome"})
+        )
+        await _eventually(lambda: bool(got[newcomer]))
+        assert [f["body"] for f in got[newcomer]] == ["welcome"]
         for ws in live.values():
             await ws.aclose()
         nursery.cancel_scope.cancel()
