@@ -296,7 +296,13 @@ def build(
         gateway = Gateway(api, node.router, node.peers, accounts)
         http = HttpServer(config, lifecycle, gateway, ws, origins)
         peer_api = PeerApi(
-            node.discovery.secret, gateway, messenger, accounts, node.router, presence
+            node.discovery.secret,
+            gateway,
+            messenger,
+            accounts,
+            node.router,
+            presence,
+            node.publisher.handed_over,
         )
         peer_lifecycle = Lifecycle(ConnectionLimits(config.server.max_connections, 1 << 20))
         peer_http = HttpServer(config, peer_lifecycle, peer_api, ws, origins, websocket=False)

@@ -16,8 +16,6 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-import trio
-
 from chatd.cluster import wire
 from chatd.cluster.publisher import Publisher, Sender
 from chatd.cluster.relay import GROUP_REPLICA, ClusterRelay
@@ -72,8 +70,8 @@ class Applier:
         self.messenger = messenger
         self.publisher = publisher
         self.broker = broker
-        #: forwarded sends waiting for their record: (sender, ref) -> (device, set when acked)
-        self.waiting: dict[tuple[str, str], tuple[DeviceSink, trio.Event]] = {}
+        #: forwarded sends waiting for their record: (sender, ref) -> the sending device
+        self.waiting: dict[tuple[str, str], DeviceSink] = {}
         #: records whose predecessor is not applied yet: (channel, prev) -> (entry id, record)
         self.held: dict[tuple[str, int], tuple[str, Record]] = {}
         self.applied = 0
@@ -99,11 +97,15 @@ class Applier:
             done += await self._apply(batch)
         return done
 
-    async def offer(self, payload: bytes) -> None:
-        """A record handed over by its sequencer in answer to a forwarded send."""
-        record = wire.decode(payload)
-        if isinstance(record, wire.Relayed | wire.Op):
-            await self._apply([("", record)])
+    async def offer(self, payloads: Sequence[bytes]) -> None:
+        """Records handed over by their sequencer in answer to forwarded sends."""
+        batch: list[tuple[str, Record]] = []
+        for payload in payloads:
+            record = wire.decode(payload)
+            if isinstance(record, wire.Relayed | wire.Op):
+                batch.append(("", record))
+        if batch:
+            await self._apply(batch)
 
     async def _apply(self, batch: list[tuple[str, Record]]) -> list[str]:
         done: list[str] = []
@@ -146,11 +148,7 @@ class Applier:
             if result.outcome == EARLY:
                 self.held[(message.channel, record.prev)] = (entry_id, record)
                 continue
-            waiter = self.waiting.pop((message.sender, record.ref), None) if record.ref else None
-            device = None
-            if waiter is not None:
-                device = waiter[0]
-                waiter[1].set()
+            device = self.waiting.pop((message.sender, record.ref), None) if record.ref else None
             if result.outcome == APPLIED:
                 self.applied += 1
                 self.messenger.fan_out(result.inbox, message, exclude=device)
@@ -174,14 +172,10 @@ class Applier:
         except Exception as exc:  # BrokerDown: the sequencer sends them again; confirm then
             log.debug("confirmations not sent: %s", exc)
 
-    def expect(self, sender: str, ref: str, device: DeviceSink) -> trio.Event:
-        """A forwarded send: its device gets the ack once the record is applied here; the
-        event is set then."""
-        event = trio.Event()
-        self.waiting[(sender, ref)] = (device, event)
-        return event
+    def expect(self, sender: str, ref: str, device: DeviceSink) -> None:
+        """A forwarded send: its device gets the ack once its record is applied here."""
+        self.waiting[(sender, ref)] = device
 
     def give_up(self, sender: str, ref: str) -> DeviceSink | None:
         """Stop waiting for a forwarded send's record; its device, if it was still waiting."""
-        waiter = self.waiting.pop((sender, ref), None)
-        return None if waiter is None else waiter[0]
+        return self.waiting.pop((sender, ref), None)

@@ -27,6 +27,7 @@ from chatd.domain.ports import DeviceSink, Place
 from chatd.net.errormap import error_frame
 
 log = logging.getLogger("chatd.cluster")
+FORWARD_BATCH = 256  # sends per peer call
 CODES: dict[str, type[ChatError]] = {
     cls.code: cls
     for cls in vars(errors).values()
@@ -61,6 +62,9 @@ class Forwarding:
         self.known_max = known_max
         #: whether an account is stored here, set by the composition root
         self.account: Callable[[str], bool] = lambda user_id: False
+        #: sends waiting to be forwarded, by sequencer shard, and the shards being drained
+        self.queues: dict[str, list[tuple[DeviceSink, str, str, str]]] = {}
+        self.draining: set[str] = set()
         #: ``Messenger.send``, set by the composition root once the messenger exists
         self.send_again: Callable[..., None] | None = None
 
@@ -105,36 +109,73 @@ class Forwarding:
             device.finished(exc)
 
     def forward(self, device: DeviceSink, ref: str, channel: str, body: str, to: Place) -> None:
-        self.nursery.start_soon(self._forward, device, ref, channel, body, to)
-
-    async def _forward(
-        self, device: DeviceSink, ref: str, channel: str, body: str, to: Place
-    ) -> None:
-        user = device.user_id
-        if (user, ref) in self.applier.waiting:  # the same ref is on its way already
+        """Queue the send for ``to``; one task per shard drains its queue in batches, so a
+        busy shard pair pays one peer call per batch, not per message."""
+        if (device.user_id, ref) in self.applier.waiting:  # the same ref is on its way already
             device.finished(Unavailable("this ref is being sent", ref=ref, retry_after=1.0))
             return
-        acked = self.applier.expect(user, ref, device)
-        request = {"sender": user, "ref": ref, "channel": channel, "body": body}
+        self.applier.expect(device.user_id, ref, device)
+        self.queues.setdefault(to.shard, []).append((device, ref, channel, body))
+        if to.shard not in self.draining:
+            self.draining.add(to.shard)
+            self.nursery.start_soon(self._drain, to.shard)
+
+    async def _drain(self, shard: str) -> None:
+        queue = self.queues[shard]
+        try:
+            while queue:
+                batch = queue[:FORWARD_BATCH]
+                del queue[:FORWARD_BATCH]
+                await self._forward(shard, batch)
+        finally:
+            self.draining.discard(shard)
+
+    async def _forward(self, shard: str, batch: list[tuple[DeviceSink, str, str, str]]) -> None:
+        """One ``POST /peer/send`` for ``batch``: the sequencer commits each send (in order)
+        and answers each with its ack and this shard's record, or an error. Applying the
+        records here gives each sender its inbox entry; its device then gets the ack."""
+        sends = [
+            {"sender": d.user_id, "ref": ref, "channel": c, "body": b} for d, ref, c, b in batch
+        ]
         try:
             response = await self.peers.request(
-                to.shard, "POST", "/peer/send", body=wire.pack(request)
+                shard, "POST", "/peer/send", body=wire.pack({"sends": sends})
             )
             answer = wire.unpack(response.body) if response.body else {}
             if response.status != 200:
-                raise error_from(answer.get("error", ""), answer.get("message", ""), ref)
-            if answer.get("record"):
-                await self.applier.offer(answer["record"])
-            with trio.move_on_after(self.timeout):
-                await acked.wait()
-            if self.applier.give_up(user, ref) is not None:
-                raise Unavailable("stored, but not applied here yet: send again", ref=ref)
-        except ChatError as exc:
-            if self.applier.give_up(user, ref) is not None:
-                device.finished(exc)
-        except PeerDown as exc:
-            if self.applier.give_up(user, ref) is not None:
-                device.finished(Unavailable(str(exc), ref=ref, retry_after=1.0))
+                raise error_from(answer.get("error", ""), answer.get("message", ""))
+        except (ChatError, PeerDown) as exc:
+            for device, ref, _, _ in batch:
+                self._fail(device, ref, exc)
+            return
+        records = []
+        for (device, ref, _, _), result in zip(batch, answer["results"], strict=True):
+            if "error" in result:
+                error = error_from(result["error"], result.get("message", ""), ref)
+                error.retry_after = result.get("retry_after")
+                self._fail(device, ref, error)
+            elif result.get("record"):
+                records.append(result["record"])
+        if records:
+            await self.applier.offer(records)
+        late = [(d, ref) for d, ref, _, _ in batch if (d.user_id, ref) in self.applier.waiting]
+        if late:  # duplicates: their record comes through Redis
+            self.nursery.start_soon(self._wait_late, late)
+
+    async def _wait_late(self, late: list[tuple[DeviceSink, str]]) -> None:
+        await trio.sleep(self.timeout)
+        for device, ref in late:
+            self._fail(device, ref, Unavailable("stored, not applied here yet: send again"))
+
+    def _fail(self, device: DeviceSink, ref: str, exc: Exception) -> None:
+        """Answer a forwarded send with an error, unless its ack went out meanwhile."""
+        if self.applier.give_up(device.user_id, ref) is None:
+            return
+        if isinstance(exc, ChatError):
+            exc.ref = ref
+            device.finished(exc)
+        else:
+            device.finished(Unavailable(str(exc), ref=ref, retry_after=1.0))
 
     def history(
         self, device: DeviceSink, ref: str, channel: str, args: dict[str, Any], to: Place

@@ -16,8 +16,14 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import re
+from collections.abc import Callable
+from functools import partial
+from typing import Any
 from urllib.parse import urlencode
+
+import trio
 
 from chatd.cluster import wire
 from chatd.cluster.peer import CLIENT_HEADER, HOPS_HEADER, USER_HEADER, PeerDown, Peers
@@ -26,12 +32,14 @@ from chatd.domain import validate
 from chatd.domain.accounts import Accounts
 from chatd.domain.errors import ChatError, Forbidden, NotFound, Unavailable
 from chatd.domain.messaging import Messenger
+from chatd.domain.messaging_tx import Appended
 from chatd.domain.presence import Presence
 from chatd.net.api import Api
 from chatd.net.errormap import error_body, http_status
 from chatd.net.routing import Request, Response, Text, error_response
 from storage import StorageUnavailable
 
+log = logging.getLogger("chatd.cluster")
 CHANNEL_ROUTE = re.compile(r"^/v1/(?:groups|channels)/([^/]+)(?:/|$)")
 USER_ROUTE = re.compile(r"^/v1/users/([^/]+)$")
 PASSED_HEADERS = ("retry-after", "allow")
@@ -137,8 +145,11 @@ class PeerApi:
         accounts: Accounts,
         router: ClusterRouter,
         presence: Presence,
+        handed: Callable[[bytes], None],
     ) -> None:
         self.secret = secret.encode()
+        #: a record answered in a reply: its destination has it (the publisher waits to send)
+        self.handed = handed
         self.presence = presence
         self.gateway = gateway
         self.messenger = messenger
@@ -169,15 +180,58 @@ class PeerApi:
         return await self.gateway.dispatch(request)
 
     async def _send(self, request: Request) -> Response:
+        """A batch of sends forwarded by their senders' home shard: each is queued for the
+        next commits in order (so one sender's messages keep their order) and answered with
+        its ack and the record for the sender's home, or its error."""
         try:
-            args = wire.unpack(request.body)
-            sender, ref, channel, body = (args[k] for k in ("sender", "ref", "channel", "body"))
+            sends = [
+                (x["sender"], x["ref"], x["channel"], x["body"])
+                for x in wire.unpack(request.body)["sends"]
+            ]
         except (ValueError, KeyError, TypeError) as exc:
             return _packed(400, {"error": "bad_request", "message": f"bad peer send: {exc}"})
-        appended = await self.messenger.commit_forwarded(sender, ref, channel, body)
-        home = self.router.home(sender).shard
-        record = appended.relayed.get(home)
-        return _packed(200, {"ack": appended.ack, "record": record})
+        results: list[dict[str, Any]] = [{} for _ in sends]
+        left = len(sends)
+        finished = trio.Event()
+
+        def answer(i: int, result: dict[str, Any]) -> None:
+            nonlocal left
+            results[i] = result
+            left -= 1
+            if not left:
+                finished.set()
+
+        def done(i: int, sender: str, appended: Appended | None, error: Exception | None) -> None:
+            if appended is None:
+                answer(i, _error_result(error))
+                return
+            record = appended.relayed.get(self.router.home(sender).shard)
+            if record is not None:
+                self.handed(record)
+            answer(i, {"ack": appended.ack, "record": record})
+
+        for i, (sender, ref, channel, body) in enumerate(sends):
+            try:
+                self.messenger.submit_forwarded(
+                    sender, ref, channel, body, partial(done, i, sender)
+                )
+            except (ChatError, StorageUnavailable) as exc:
+                answer(i, _error_result(exc))
+        if left:
+            await finished.wait()
+        return _packed(200, {"results": results})
+
+
+def _error_result(error: BaseException | None) -> dict[str, Any]:
+    if isinstance(error, StorageUnavailable):
+        error = Unavailable(str(error))
+    if not isinstance(error, ChatError):
+        log.error("forwarded send failed", exc_info=error)
+        error = Unavailable("message not stored")
+    result: dict[str, Any] = {"error": error.code, "message": str(error)}
+    if error.retry_after is not None:
+        result["retry_after"] = error.retry_after
+    return result
 
 
 def _packed(status: int, value: object) -> Response:

@@ -38,6 +38,7 @@ class Publisher:
         self.unconfirmed: dict[int, list[Any]] = {}
         self.loaded = 0  # the highest outbox seq read into ``unconfirmed``
         self.done: list[int] = []  # confirmed seqs waiting to be deleted
+        self.handed: dict[int, float] = {}  # seqs handed over in a reply, not loaded yet: when
         self._wake = trio.Event()
         self.sent = 0
         self.resent = 0
@@ -49,8 +50,20 @@ class Publisher:
     def confirmed(self, seqs: Iterable[int]) -> None:
         for seq in seqs:
             self.unconfirmed.pop(seq, None)
+            self.handed.pop(seq, None)
             self.done.append(seq)
         self._wake.set()
+
+    def handed_over(self, payload: bytes) -> None:
+        """A record went to its destination in a reply (a forwarded send): send it through
+        Redis only if it is not confirmed within ``resend_after``."""
+        seq = wire.unpack(payload)[2]
+        now = trio.current_time()
+        entry = self.unconfirmed.get(seq)
+        if entry is not None:
+            entry[2] = max(entry[2], now)
+        else:
+            self.handed[seq] = now
 
     def pending(self) -> int:
         return len(self.unconfirmed)
@@ -71,7 +84,7 @@ class Publisher:
             rows = self.store.outbox_pending(TOPIC, self.batch, after=self.loaded)
             for seq, raw in rows:
                 dest, payload = wire.unpack(raw)
-                self.unconfirmed[seq] = [dest, payload, NEVER]
+                self.unconfirmed[seq] = [dest, payload, self.handed.pop(seq, NEVER)]
                 self.loaded = seq
             if len(rows) < self.batch:
                 return

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -221,10 +221,19 @@ class Messenger:
             if appended.relayed and self.relay is not None:
                 self.relay.committed()
 
-    async def commit_forwarded(self, sender: str, ref: str, channel: str, body: str) -> Appended:
-        """Commit a send forwarded by the sender's home shard to this one, the channel's
-        sequencer (``chatd/cluster/``): the sender's home checked the rate and size, this
-        shard checks membership in the commit. A known ``ref`` answers its first ack."""
+    def submit_forwarded(
+        self,
+        sender: str,
+        ref: str,
+        channel: str,
+        body: str,
+        on_done: Callable[[Appended | None, BaseException | None], None],
+    ) -> None:
+        """Queue a send forwarded by the sender's home shard to this one, the channel's
+        sequencer (``chatd/cluster/``); ``on_done(appended, error)`` after the commit, in
+        commit order. The sender's home checked the rate and size; membership is checked in
+        the commit. A known ``ref`` answers its first ack. Raises a ChatError if refused at
+        once (``unavailable`` when the commit queue is full)."""
         if len(body) > self.max_body:
             raise TooLarge(f"body over {self.max_body} characters")
         members: list[str] | None = None
@@ -232,8 +241,17 @@ class Messenger:
             members = channels.dm_members(channel)
             if members is None or sender not in members:
                 raise NotFound(f"no channel {channel!r}")
+
+        def done(appended: Appended | None, error: BaseException | None) -> None:
+            if appended is not None:
+                self._stored(appended)
+            on_done(appended, error)
+
         op = self._append_op(sender, ref, channel, members, body)
-        return await self.store.write(op, self._stored, size=message_bytes(body))
+        try:
+            self.store.submit(op, done, size=message_bytes(body))
+        except trio.WouldBlock:
+            raise Unavailable("server busy, retry shortly", retry_after=0.05) from None
 
     def _commit_error(self, device: DeviceSink, ref: str, error: BaseException | None) -> ChatError:
         if isinstance(error, ChatError):

@@ -60,14 +60,13 @@ class MeteredMessenger(Messenger):
     ) -> None:
         super()._committed(device, ref, appended, error)
         if appended is not None and not appended.duplicate:
-            self.accepted += 1
             self.ack_latency_ms.observe(max(0, now_ms() - appended.message.ts))
 
-    async def commit_forwarded(self, sender: str, ref: str, channel: str, body: str) -> Appended:
-        appended = await super().commit_forwarded(sender, ref, channel, body)
+    def _stored(self, appended: Appended, exclude: DeviceSink | None = None) -> None:
+        # every commit of a send, local or forwarded by another shard, comes here once
+        super()._stored(appended, exclude)
         if not appended.duplicate:
             self.accepted += 1
-        return appended
 
     def fan_out(
         self, inbox: dict[str, int], message: Message, exclude: DeviceSink | None = None
