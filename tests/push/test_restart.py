@@ -23,17 +23,22 @@ def free_port() -> int:
 
 
 def start(config: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "chatd", "serve", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    with open(config.with_suffix(".log"), "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "chatd", "serve", "--config", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
 
 
-async def healthy(url: str, proc: subprocess.Popen[bytes]) -> None:
+def tail(log: Path) -> str:
+    return log.read_text()[-2000:]
+
+
+async def healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
     with trio.fail_after(20):
         while True:
-            assert proc.poll() is None, "chatd exited"
+            assert proc.poll() is None, f"chatd exited: {tail(log)}"
             try:
                 async with HttpClient(url, timeout=2) as http:
                     if (await http.request("GET", "/healthz")).status == 200:
@@ -44,12 +49,12 @@ async def healthy(url: str, proc: subprocess.Popen[bytes]) -> None:
 
 
 async def test_jobs_pending_at_kill_9_are_delivered_after_restart(tmp_path: Path) -> None:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     config = tmp_path / "chatd.toml"
     async with trio.open_nursery() as nursery:
         receiver = Receiver(statuses=[503])
         await receiver.start(nursery)
+        port = free_port()  # after the receiver's: it cannot be handed the same one
+        url = f"http://127.0.0.1:{port}"
         config.write_text(
             f'[server]\nlisten = "127.0.0.1:{port}"\ndata = "{tmp_path / "data"}"\n'
             "[security]\nargon2_memory_kib = 7168\nargon2_time_cost = 5\n"
@@ -58,7 +63,7 @@ async def test_jobs_pending_at_kill_9_are_delivered_after_restart(tmp_path: Path
         )
         proc = start(config)
         try:
-            await healthy(url, proc)
+            await healthy(url, proc, config.with_suffix(".log"))
             alice = ChatClient(url, "alice", PASSWORD)
             bob = ChatClient(url, "bob", PASSWORD)
             for user in (alice, bob):
@@ -74,7 +79,7 @@ async def test_jobs_pending_at_kill_9_are_delivered_after_restart(tmp_path: Path
             proc.wait()
             receiver.statuses = [200]
             proc = start(config)
-            await healthy(url, proc)
+            await healthy(url, proc, config.with_suffix(".log"))
             await receiver.wait(1)
             payload = verified(receiver.requests[-1].body, receiver.requests[-1].headers)
             assert (payload["msg_id"], payload["preview"], payload["count"]) == (

@@ -157,26 +157,28 @@ async def test_gone_410_removes_the_subscription(tmp_path: Path) -> None:
 
 
 async def test_a_job_is_moot_once_a_device_received_the_message(tmp_path: Path) -> None:
-    """The receiver fails the first try; before the retry bob's device syncs the message, so
-    the retry is dropped (counted ``dropped``), not sent."""
+    """The receiver fails every try; once bob's device has synced the message, the next retry
+    drops the job (counted ``dropped``) instead of sending it."""
     async with trio.open_nursery() as nursery:
-        receiver = Receiver(statuses=[503, 200])
+        receiver = Receiver(statuses=[503])
         await receiver.start(nursery)
-        config = push_config(tmp_path / "data", retry_base=2.0, retry_max=2.0)
+        config = push_config(tmp_path / "data", retry_base=0.2, retry_max=0.4)
         async with running(config) as server:
             alice = await make_user(server, "alice")
             bob = await make_user(server, "bob")
             await webhook(server, bob, receiver.url)
+            assert server.app.push is not None
+            counters = server.app.push.worker.counters
             async with alice.session() as a:
                 await a.send(to="bob", body="sync me")
                 await receiver.wait(1, delivered=False)
                 async with bob.session(since=0) as b:
                     frame = await b.next_frame()
                     assert frame["type"] == "msg" and frame["body"] == "sync me"
-                    assert server.app.push is not None
-                    counters = server.app.push.worker.counters
                     await until(lambda: counters.dropped == 1)
-            assert receiver.delivered() == []
+                    tries = receiver.attempts
+                    await trio.sleep(0.5)  # past any retry: there is none left
+            assert receiver.attempts == tries and receiver.delivered() == []
             assert counters.sent == 0 and pending_jobs(server) == 0
         receiver.stop()
 
