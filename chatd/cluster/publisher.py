@@ -38,6 +38,7 @@ class Publisher:
         self.unconfirmed: dict[int, list[Any]] = {}
         self.loaded = 0  # the highest outbox seq read into ``unconfirmed``
         self.done: list[int] = []  # confirmed seqs waiting to be deleted
+        self.confirmations: list[tuple[str, bytes]] = []  # to other shards, next send
         self.handed: dict[int, float] = {}  # seqs handed over in a reply, not loaded yet: when
         self._wake = trio.Event()
         self.sent = 0
@@ -52,6 +53,12 @@ class Publisher:
             self.unconfirmed.pop(seq, None)
             self.handed.pop(seq, None)
             self.done.append(seq)
+        self._wake.set()
+
+    def confirm(self, origin: str, payload: bytes) -> None:
+        """Send a confirmation to ``origin`` with the next XADDs (lost if Redis is down: the
+        origin sends its records again, and they are confirmed then)."""
+        self.confirmations.append((origin, payload))
         self._wake.set()
 
     def handed_over(self, payload: bytes) -> None:
@@ -90,13 +97,19 @@ class Publisher:
                 return
 
     async def _send_due(self) -> None:
+        """One pipelined XADD round trip per ``batch`` records due (new, or unconfirmed for
+        ``resend_after``), the queued confirmations riding with the first."""
         now = trio.current_time()
         due = [e for e in self.unconfirmed.values() if e[2] + self.resend_after <= now]
-        for start in range(0, len(due), self.batch):
-            chunk = due[start : start + self.batch]
+        confirmations, self.confirmations = self.confirmations, []
+        chunks = [due[i : i + self.batch] for i in range(0, len(due), self.batch)] or [[]]
+        for n, chunk in enumerate(chunks):
+            out = [(e[0], e[1]) for e in chunk] + (confirmations if n == 0 else [])
+            if not out:
+                return
             try:
-                await self.broker.send([(e[0], e[1]) for e in chunk])
-            except Exception as exc:  # BrokerDown: keep them, try again later
+                await self.broker.send(out)
+            except Exception as exc:  # BrokerDown: keep the records, try again later
                 log.debug("cluster outbox not sent: %s", exc)
                 return
             for entry in chunk:
