@@ -8,6 +8,7 @@ The crash/idempotence proofs run on in-process data: tests/cluster/test_reshard_
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import sys
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import trio
-from trio_websocket import WebSocketConnection
+from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from chatd.client.http import HttpClient
 from chatd.domain.channels import dm_channel
@@ -84,15 +85,17 @@ async def _eventually(done: Callable[[], bool], wait: float = 20) -> None:
 
 
 async def _wait_outboxes_empty(shards: Shards) -> None:
+    """Until every shard's /healthz shows outbox_pending 0 three times in a row, 0.2 s apart
+    (a record committed a moment ago may not be counted yet)."""
+    zeros = 0
     with trio.fail_after(20):
-        while True:
+        while zeros < 3:
             pending = 0
             for shard in shards.discovery.shards:
                 async with HttpClient(shard.url) as http:
                     pending += (await http.call("GET", "/healthz"))["outbox_pending"]
-            if not pending:
-                return
-            await trio.sleep(0.1)
+            zeros = zeros + 1 if not pending else 0
+            await trio.sleep(0.2)
 
 
 async def _send(ws: WebSocketConnection, frame: dict[str, Any]) -> dict[str, Any]:
@@ -146,7 +149,7 @@ async def test_reshard_three_to_four_with_data_in_place(
         for channel in groups.values():
             for k, sender in enumerate(group_members[channel][:6]):
                 body = f"{channel} {k}"
-                frame = {"ref": f"g{k}", "channel": channel, "body": body}
+                frame = {"ref": f"{channel}-{k}", "channel": channel, "body": body}
                 ack = await _send(conns[sender], frame)
                 histories.setdefault(channel, []).append((ack["msg_id"], sender, body))
         for a, b in sorted(pairs):
@@ -176,6 +179,14 @@ async def test_reshard_three_to_four_with_data_in_place(
             }
         nursery.cancel_scope.cancel()
     await _check_histories(shards, histories, group_members, logins)
+    for user in users:  # the cluster delivered everything before the move
+        mine = {
+            (channel, msg_id)
+            for channel, history in histories.items()
+            if user in (group_members.get(channel) or channel.split(":")[1:])
+            for msg_id, _, _ in history
+        }
+        assert {(c, m) for _, c, m, _, _ in before[user]["inbox"]} == mine, user
     await _wait_outboxes_empty(shards)
 
     # The procedure: stop the shards, reshard, start four.
@@ -217,10 +228,11 @@ async def test_reshard_three_to_four_with_data_in_place(
         got: dict[str, list[dict[str, Any]]] = {u: [] for u in users}
 
         async def read(ws: WebSocketConnection, into: list[dict[str, Any]]) -> None:
-            while True:
-                frame = json.loads(await ws.get_message())
-                if frame["type"] in ("msg", "ack", "error"):
-                    into.append(frame)
+            with contextlib.suppress(ConnectionClosed):  # closed at the end of the test
+                while True:
+                    frame = json.loads(await ws.get_message())
+                    if frame["type"] in ("msg", "ack", "error"):
+                        into.append(frame)
 
         live = {}
         for user in users:
