@@ -6,9 +6,10 @@ rendezvous hashes over the shard names (:meth:`chatd.discovery.Discovery.home`),
 N-th shard moves about 1/N of the users and channels, all to the new shard; removing one moves
 exactly its own. The move, in this order:
 
-1. **Checks.** Every environment opens (none is held by a running shard) and the outbox topic
-   ``cluster`` is empty in each: every relayed record was applied where it was going, so every
-   replica is up to date and no relay chain is in flight. Otherwise nothing is touched.
+1. **Checks.** Every environment opens (none is held by a running shard) and every record
+   left in an outbox topic ``cluster`` was applied where it was going (such records, confirmed
+   but not yet deleted, are dropped): every replica is up to date and no relay chain is in
+   flight. Otherwise nothing is touched.
 2. **Channels whose sequencer changed** (old sequencer S, new C): the whole history, the
    group record, the ``channels`` row and the group's record version (``#version``) are
    copied to C; then S drops the version and keeps the rest as a replica (its own members'
