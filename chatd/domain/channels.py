@@ -64,9 +64,14 @@ def check_member(store: Store, channel: str, user_id: str) -> list[str]:
     users = members(store, channel)
     if user_id not in users:
         raise Forbidden(f"you are not a member of {channel}")
-    if not is_group(channel) and store.membership(user_id, channel) is None:
+    if (
+        not is_group(channel)
+        and store.membership(user_id, channel) is None
+        and not store.channel_last_id(channel)
+    ):
         # No message yet (a message makes both members): the other must be an account. In a
-        # cluster an account homed elsewhere is not here, but then a message was exchanged.
+        # cluster an account homed elsewhere is not here, but then a message was exchanged
+        # (and is here, on the channel's sequencer or on a member's home).
         for other in users:
             if other != user_id and store.account(other) is None:
                 raise NotFound(f"no user {other!r}")

@@ -170,3 +170,29 @@ async def test_redis_down_for_ten_seconds(shards: Shards, redis_server: RedisSer
         for conn in ws.values():
             await conn.aclose()
         nursery.cancel_scope.cancel()
+
+
+async def test_dm_sequenced_on_a_third_shard(shards: Shards) -> None:
+    """A 1:1 channel whose sequencer homes neither user: sends, history and receipts work."""
+    i = 0
+    while True:
+        a, b = f"t{i:04d}a", f"t{i:04d}b"
+        homes = {shards.home(a).name, shards.home(b).name}
+        channel = f"dm:{a}:{b}"
+        if len(homes) == 2 and shards.discovery.home(channel).name not in homes:
+            break
+        i += 1
+    logins = await signup_login(shards, [a, b])
+    tok = {u: logins[u]["token"] for u in logins}
+    async with trio.open_nursery() as nursery:
+        ws = {u: await hello(nursery, logins[u]["ws_url"], tok[u]) for u in (a, b)}
+        await ws[a].send_message(json.dumps({"type": "send", "ref": "1", "to": b, "body": "yo"}))
+        ack = await next_of(ws[a], "ack")
+        assert (await next_of(ws[b], "msg"))["msg_id"] == ack["msg_id"] == 1
+        await ws[b].send_message(json.dumps({"type": "read", "channel": channel, "msg_id": 1}))
+        assert (await next_of(ws[a], "read"))["user_id"] == b
+        for conn in ws.values():
+            await conn.aclose()
+        nursery.cancel_scope.cancel()
+    page = await call(shards, "s1", tok[b], "GET", f"/v1/channels/{channel}/messages")
+    assert [m["body"] for m in page["messages"]] == ["yo"]
