@@ -15,8 +15,9 @@ from typing import Any
 import trio
 
 from chatd.config import Config, ConfigError, load
-from chatd.ops import admin, offline
+from chatd.ops import admin
 from chatd.ops.datalock import DataDirBusy, DataLock
+from storage import offline
 
 #: descriptors a server needs beyond its connections (LMDB, listeners, logs, threads)
 SPARE_FDS = 64
