@@ -40,7 +40,8 @@ def dm_members(channel: str) -> list[str] | None:
 
 
 def members(store: Store, channel: str) -> list[str]:
-    """Members of ``channel``; BadRequest for a malformed id, NotFound for an unknown one."""
+    """Members of ``channel``; BadRequest for a malformed dm id, NotFound for an id no channel
+    can have, Forbidden for an unknown group (as for a group one is not in)."""
     if not isinstance(channel, str) or not channel:
         raise BadRequest("channel must be a non-empty string")
     users = dm_members(channel)
@@ -48,10 +49,18 @@ def members(store: Store, channel: str) -> list[str]:
         return users
     if channel.startswith("dm:"):
         raise BadRequest(f"malformed channel id {channel!r}")
-    group = store.group(channel) if GROUP_ID.fullmatch(channel) else None
+    if not GROUP_ID.fullmatch(channel):
+        raise NotFound(f"no channel {channel!r}")  # no such id can exist: nothing to probe
+    group = store.group(channel)
     if group is None:
-        raise NotFound(f"no channel {channel!r}")
+        raise not_a_member(channel)
     return list(group.members)
+
+
+def not_a_member(channel: str) -> Forbidden:
+    """The refusal for a group one is not in, and the very same for a well-formed group id
+    that does not exist, so an outsider cannot tell the two apart (ids are not secrets)."""
+    return Forbidden(f"you are not a member of {channel}")
 
 
 def check_member(store: Store, channel: str, user_id: str) -> list[str]:
@@ -63,7 +72,7 @@ def check_member(store: Store, channel: str, user_id: str) -> list[str]:
     """
     users = members(store, channel)
     if user_id not in users:
-        raise Forbidden(f"you are not a member of {channel}")
+        raise not_a_member(channel)
     if (
         not is_group(channel)
         and store.membership(user_id, channel) is None

@@ -48,10 +48,14 @@ class Groups:
     async def _exists_here(self, user_id: str) -> bool:
         return self.store.account(user_id) is not None
 
-    def _group(self, channel: str) -> Group:
-        group = self.store.group(channel) if channels.GROUP_ID.fullmatch(channel) else None
-        if group is None:
-            raise NotFound(f"no group {channel!r}")
+    def _group(self, channel: str, user_id: str) -> Group:
+        """The group, if ``user_id`` is a member. A group that does not exist is refused
+        exactly like one the user is not in (``channels.not_a_member``): ids cannot be probed."""
+        if not channels.GROUP_ID.fullmatch(channel):
+            raise NotFound(f"no group {channel!r}")  # no group can have this id
+        group = self.store.group(channel)
+        if group is None or user_id not in group.members:
+            raise channels.not_a_member(channel)
         return group
 
     async def create(self, owner: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -85,13 +89,10 @@ class Groups:
         return group_view(channel, group)
 
     def get(self, user_id: str, channel: str) -> dict[str, Any]:
-        group = self._group(channel)
-        if user_id not in group.members:
-            raise Forbidden(f"you are not a member of {channel}")
-        return group_view(channel, group)
+        return group_view(channel, self._group(channel, user_id))
 
     async def add(self, user_id: str, channel: str, member: str) -> dict[str, Any]:
-        group = self._group(channel)
+        group = self._group(channel, user_id)
         if group.owner != user_id:
             raise Forbidden("only the group's owner adds members")
         member = validate.user_id(member)
@@ -104,11 +105,9 @@ class Groups:
         return group_view(channel, group)
 
     async def remove(self, user_id: str, channel: str, member: str) -> None:
-        group = self._group(channel)
+        group = self._group(channel, user_id)
         if user_id != member and group.owner != user_id:
             raise Forbidden("only the owner removes others; a member may remove itself")
-        if user_id not in group.members:
-            raise Forbidden(f"you are not a member of {channel}")
         op = partial(
             groups_tx.remove_member,
             channel=channel,
