@@ -8,11 +8,13 @@ stops start-up instead of being ignored.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from chatd.config_errors import ConfigError
 
@@ -27,6 +29,27 @@ def _positive(key: str, value: float) -> None:
         raise ConfigError(f"{key}: must be a positive number, got {value!r}")
 
 
+#: The forwarding headers ``server.proxy_header`` may name (lower case, as compared).
+PROXY_HEADERS = ("x-forwarded-for", "forwarded")
+
+
+def _origin_ok(origin: str) -> bool:
+    """``scheme://host[:port]`` and nothing else: what a browser sends as ``Origin``."""
+    try:
+        parts = urlsplit(origin)
+        port = parts.port  # ValueError if out of range or not a number
+    except ValueError:
+        return False
+    rebuilt = f"{parts.scheme}://{parts.netloc}"
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and origin == rebuilt == rebuilt.lower()
+        and "@" not in parts.netloc
+        and (port is not None or not parts.netloc.endswith(":"))
+    )
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     listen: str = "127.0.0.1:8080"
@@ -39,6 +62,9 @@ class ServerConfig:
     keepalive_timeout: float = 60.0
     hello_timeout: float = 10.0
     max_connections: int = 19000
+    #: peers (CIDRs or addresses) whose forwarding header names the client (chatd/net/proxies.py)
+    trusted_proxies: tuple[str, ...] = ()
+    proxy_header: str = "x-forwarded-for"
 
     @property
     def host(self) -> str:
@@ -59,6 +85,19 @@ class ServerConfig:
         for key in ("drain_timeout", "header_timeout", "keepalive_timeout", "hello_timeout"):
             _positive(f"server.{key}", getattr(self, key))
         _positive("server.max_connections", self.max_connections)
+        for origin in self.allowed_origins:
+            if not _origin_ok(origin):
+                raise ConfigError(
+                    f"server.allowed_origins: {origin!r} is not an origin (scheme://host[:port] "
+                    "in lower case, http or https, no path, no trailing slash)"
+                )
+        for cidr in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(cidr, strict=True)
+            except ValueError as exc:
+                raise ConfigError(f"server.trusted_proxies: {cidr!r}: {exc}") from None
+        if self.proxy_header.lower() not in PROXY_HEADERS:
+            raise ConfigError("server.proxy_header: expected X-Forwarded-For or Forwarded")
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from chatd.domain.ratelimit import RateLimiter
 from chatd.domain.sessions import Sessions
 from chatd.net.lifecycle import Lifecycle
 from chatd.net.metrics import CONTENT_TYPE, Collector, render
+from chatd.net.proxies import limit_key
 from chatd.net.routing import Request, Response, Router, Text, run_handler
 from chatd.net.static import StaticSite, load
 
@@ -108,7 +109,7 @@ class Api:
         return Response(200, {"status": "ok", **extra})
 
     async def signup(self, req: Request) -> Response:
-        self._limit("signup", req.client)
+        self._limit("signup", limit_key(req.client))
         data = req.json()
         user_id = validate.user_id(data.get("user_id"))
         password = validate.password(data.get("password"))
@@ -119,7 +120,7 @@ class Api:
         return Response(201, {"user_id": user_id})
 
     async def login(self, req: Request) -> Response:
-        self._limit("login", req.client)
+        self._limit("login", limit_key(req.client))
         data = req.json()
         user_id = validate.user_id(data.get("user_id"))
         password = data.get("password")

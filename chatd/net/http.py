@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
@@ -33,8 +33,10 @@ from chatd.domain.errors import (
     Unavailable,
 )
 from chatd.net import sockets as net
+from chatd.net.admission import PER_IP_RETRY_AFTER
 from chatd.net.handshake import Origins, handshake
 from chatd.net.lifecycle import Lifecycle
+from chatd.net.proxies import TrustedProxies, limit_key
 from chatd.net.routing import (
     INTERNAL,
     WS_PATH,
@@ -95,6 +97,11 @@ class HttpServer:
     ws: WsServer
     origins: Origins
     websocket: bool = True  # False on a cluster's peer listener: HTTP only
+    #: ``server.trusted_proxies``: whose forwarding header names the client (built here)
+    proxies: TrustedProxies = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "proxies", TrustedProxies.from_config(self.config.server))
 
 
 class HttpConnection:
@@ -103,7 +110,9 @@ class HttpConnection:
     ) -> None:
         self.srv = srv
         self.sock = sock
-        self.client = client
+        self.peer = client  # the socket's address
+        self.client = client  # behind a trusted proxy: the client of the last request
+        self.proxied = bool(srv.proxies) and srv.proxies.trusted(client)
         self.refusal = refusal  # read one request, answer this error, close
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
         self.head = False  # the request being answered is a HEAD: headers only
@@ -150,6 +159,12 @@ class HttpConnection:
                 return
             if request is None:
                 return
+            if self.proxied and self.refusal is None:
+                self.client = request.client = self.srv.proxies.client(self.peer, request.headers)
+                if not lifecycle.connections.speaks_for(self.sock, limit_key(self.client)):
+                    self.refusal = Unavailable(
+                        "too many connections from your address", retry_after=PER_IP_RETRY_AFTER
+                    )
             if self.refusal is not None:
                 await self._respond(error_response(self.refusal), close=True)
                 return

@@ -15,9 +15,10 @@ import trio
 
 from chatd.config import PresenceConfig
 from chatd.domain.errors import Unavailable
-from chatd.net.admission import Admission
+from chatd.net.admission import PER_IP_RETRY_AFTER, Admission
 from chatd.net.heartbeat import set_keepalive
 from chatd.net.http import HttpConnection, HttpServer
+from chatd.net.proxies import limit_key
 
 log = logging.getLogger("chatd")
 #: accept(2) failing for the one connection being accepted (reset before it was accepted, a
@@ -34,7 +35,6 @@ ACCEPT_SKIP = {
 #: The process or the system is out of descriptors or memory: log, back off, retry.
 ACCEPT_BACK_OFF = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 BACK_OFF_SECONDS = 0.1
-PER_IP_RETRY_AFTER = 5.0  # seconds, for a connection over limits.max_connections_per_ip
 
 
 def open_listener(host: str, port: int) -> socket.socket:
@@ -74,7 +74,8 @@ async def accept_loop(
                         break
                     raise
                 client = addr[0]
-                admission = connections.admit(sock, client)
+                proxy = bool(http.proxies) and http.proxies.trusted(client)
+                admission = connections.admit(sock, limit_key(client), proxy=proxy)
                 if admission is Admission.DROP:
                     sock.close()  # at capacity: refuse at once rather than leave it hanging
                     continue
