@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import cluster, density, fanout, latency, logins, plots, relay, report
+from bench import cluster, density, fanout, latency, logins, plots, relay, report, scale, scaling
 from bench.run import Run, describe_args
 from bench.targets import KINDS
 
@@ -191,6 +191,58 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=11, help="relay pairing seed (11)")
     p.set_defaults(func=cluster.run, plot=cluster.plot, out=report.DEFAULT_OUT / "cluster")
+
+    p = sub.add_parser(
+        "scale",
+        help="Redis + N shards, many live heartbeating connections: RSS, CPU, reachability",
+    )
+    _common(p, targets="chatd", clients=1)
+    p.set_defaults(hb_interval=10.0)
+    p.add_argument("--shards", type=int, default=10, help="shards (10)")
+    p.add_argument("--per-shard", type=int, default=15000, help="connections per shard (15000)")
+    p.add_argument("--devices", type=int, default=50, help="sessions per user (50)")
+    p.add_argument("--steps", type=int, default=5, help="equal connection steps (5)")
+    p.add_argument(
+        "--clients-per-shard", type=int, default=1, help="load-client processes per shard (1)"
+    )
+    p.add_argument(
+        "--concurrency", type=int, default=128, help="handshakes in flight per client (128)"
+    )
+    p.add_argument("--workers", type=int, default=8, help="concurrent HTTP signups (8)")
+    p.add_argument("--hb-secs", type=float, default=30.0, help="keep-alive CPU window (30)")
+    p.add_argument("--probes", type=int, default=2000, help="random connections messaged (2000)")
+    p.add_argument("--probe-rate", type=float, default=200.0, help="probe msgs/s in all (200)")
+    p.add_argument(
+        "--probe-wait", type=float, default=3.0, help="seconds to wait after the last probe (3)"
+    )
+    p.add_argument("--seed", type=int, default=12, help="probe choice seed (12)")
+    p.add_argument(
+        "--max-secs", type=float, default=1500.0, help="load clients' hard lifetime (1500)"
+    )
+    p.add_argument(
+        "--malloc-mmap-threshold",
+        type=int,
+        default=0,
+        help="set MALLOC_MMAP_THRESHOLD_ (bytes) for the shards; 0: glibc's default (0)",
+    )
+    p.set_defaults(func=scale.run, plot=scale.plot, out=report.DEFAULT_OUT / "scale")
+
+    p = sub.add_parser(
+        "scaling", help="relay and latency on 1, 2, 4, 10 shards of one box: cost of sharding"
+    )
+    _common(p, targets="chatd", clients=4)
+    p.add_argument(
+        "--shard-counts", type=_ints, default=[1, 2, 4, 10], help="cluster sizes (1,2,4,10)"
+    )
+    p.add_argument("--relay-pairs", type=int, default=200, help="1:1 pairs homed at random (200)")
+    p.add_argument("--windows", type=_ints, default=[4], help="relay: un-acked sends (4)")
+    p.add_argument("--relay-duration", type=float, default=10.0, help="relay seconds (10)")
+    p.add_argument("--rate", type=float, default=500.0, help="latency window msgs/s (500)")
+    p.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring (3)")
+    p.add_argument("--duration", type=float, default=10.0, help="latency seconds (10)")
+    p.add_argument("--body", type=int, default=32, help="message body characters (32)")
+    p.add_argument("--seed", type=int, default=12, help="pairing seed (12)")
+    p.set_defaults(func=scaling.run, plot=scaling.plot, out=report.DEFAULT_OUT / "scale")
     return top
 
 

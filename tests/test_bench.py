@@ -129,3 +129,78 @@ def test_cluster_smoke(tmp_path: Path) -> None:
         "cpu_per_cross_msg<=2x_local",
         "relay_2_shards>=1.7x_1",
     }
+
+
+@pytest.mark.skipif(
+    shutil.which("redis-server") is None, reason="the scale scenario needs redis-server"
+)
+def test_scale_smoke(tmp_path: Path) -> None:
+    """The 150k run's code path (launcher, accounts by home, one fleet per shard, steps,
+    keep-alive window, probes to chosen connections) at 2 shards x 20 connections."""
+    result = run_bench(
+        tmp_path,
+        "scale",
+        "--shards",
+        "2",
+        "--per-shard",
+        "20",
+        "--devices",
+        "5",
+        "--steps",
+        "2",
+        "--hb-interval",
+        "1",
+        "--hb-secs",
+        "1",
+        "--probes",
+        "10",
+        "--probe-rate",
+        "50",
+        "--probe-wait",
+        "1",
+    )
+    assert result["accounts"]["ws_url_mismatches"] == 0
+    assert [s["conns"] for s in result["steps"]] == [20 + 2, 40 + 2]  # + one sender per shard
+    total = result["summary"]["total"]
+    assert total["connections"] == 42 and not total["lost"]
+    assert set(result["summary"]["shards"]) == {"s1", "s2"}
+    for row in result["summary"]["shards"].values():
+        assert row["connections"] == 21 and row["rss_mib"] > 0
+    assert result["heartbeat"]["pings"] > 0 and result["heartbeat"]["redis_cpu_pct"] >= 0
+    probe = result["probe"]
+    assert probe["probes"] == 10 and probe["delivered_to_chosen"] == 10 and probe["missing"] == 0
+    assert probe["acked"] == 10 and not probe["errors"]
+    assert set(result["summary"]["goals"]) == {
+        "connections>=150000",
+        "servers+redis_rss<=1.5GiB",
+        "probes>=2000_each_within_1s",
+    }
+
+
+@pytest.mark.skipif(
+    shutil.which("redis-server") is None, reason="the scaling scenario needs redis-server"
+)
+def test_scaling_smoke(tmp_path: Path) -> None:
+    result = run_bench(
+        tmp_path,
+        "scaling",
+        "--shard-counts",
+        "1,2",
+        "--relay-pairs",
+        "4",
+        "--relay-duration",
+        "1",
+        "--warmup",
+        "0.3",
+        "--duration",
+        "1",
+        "--rate",
+        "40",
+        "--clients",
+        "2",
+    )
+    rows = result["summary"]["by_shards"]
+    assert set(rows) == {"1_shards", "2_shards"}
+    assert rows["1_shards"]["cross_shard_share"] == 0 and rows["1_shards"]["relay_ratio_to_1"] == 1
+    for row in rows.values():
+        assert row["relay_acked_per_s"] > 0 and row["latency_deliver_ms"]["p50"] > 0
