@@ -1,9 +1,10 @@
 """Accounts: signup, password login, bearer tokens, profiles, friendships.
 
 Passwords are hashed with argon2id in worker threads (at most ``security.hash_threads`` at once,
-at most ``security.max_pending_hashes`` queued, beyond which login answers 503) so a login burst
-never delays the event loop. A login for an unknown user verifies against a dummy hash, so it
-costs the same time as a wrong password.
+at most ``security.max_pending_hashes`` queued, beyond which login answers 503 with Retry-After)
+so a login burst never delays the event loop. A hash made with other parameters than today's is
+replaced at the next successful login (``check_needs_rehash``). A login for an unknown user
+verifies against a dummy hash, so it costs the same time as a wrong password.
 
 Tokens are 256 random bits, sent to the client once and stored only as their SHA-256.
 """
@@ -24,8 +25,11 @@ from chatd.config import SecurityConfig
 from chatd.domain import friends_tx, validate
 from chatd.domain.errors import BadRequest, Conflict, NotFound, Unauthorized, Unavailable
 from chatd.domain.ports import Relay
-from storage import Store
+from storage import StorageUnavailable, Store
 from storage import errors as storage_errors
+
+#: Seconds a login refused for a full password-check queue is told to wait (Retry-After).
+HASH_QUEUE_RETRY_AFTER = 1.0
 
 
 def now_ms() -> int:
@@ -62,7 +66,10 @@ class Accounts:
 
     async def _off_loop(self, fn: Any, *args: Any) -> Any:
         if self._pending >= self._max_pending:
-            raise Unavailable("too many password checks in progress, retry shortly")
+            raise Unavailable(
+                "too many password checks in progress, retry shortly",
+                retry_after=HASH_QUEUE_RETRY_AFTER,
+            )
         self._pending += 1
         try:
             return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
@@ -91,6 +98,8 @@ class Accounts:
         ok = await self._off_loop(self._verify, pw_hash, password)
         if not ok or account is None:
             raise Unauthorized("bad user_id or password")
+        if self.hasher.check_needs_rehash(pw_hash):
+            await self._rehash(user_id, password)
         # ``<user_id>.<256 random bits>``: any shard of a cluster routes it to the user's home
         # shard, where it is checked (docs/api.md "Tokens").
         secret = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
@@ -98,6 +107,17 @@ class Accounts:
         expires_at = now_ms() + self.ttl_ms
         await self.store.put_token(token_digest(token), user_id, expires_at)
         return token, expires_at
+
+    async def _rehash(self, user_id: str, password: str) -> None:
+        """Store the password hashed with today's parameters: a hash made with older (weaker
+        or different) ones is upgraded at the first login that proves the password. A login
+        flood cannot turn this into a second hash per attempt: only correct passwords get
+        here, and a failure to upgrade never fails the login."""
+        try:
+            new_hash = await self._off_loop(self.hasher.hash, password)
+            await self.store.update_account(user_id, {"pw": new_hash})
+        except (Unavailable, StorageUnavailable, KeyError):
+            pass  # the old hash still works; the next login tries again
 
     def _verify(self, pw_hash: str, password: str) -> bool:
         try:
