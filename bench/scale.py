@@ -150,7 +150,12 @@ def held(fleets: dict[str, ScaleFleet]) -> dict[str, dict[str, Any]]:
 def sample(cluster: Cluster, fleets: dict[str, ScaleFleet]) -> dict[str, Any]:
     status = held(fleets)
     per = {
-        n: {"conns": status[n]["open"], "rss_kib": rss_kib(pid)}
+        n: {
+            "conns": status[n]["open"],
+            "rss_kib": rss_kib(pid),
+            "pss_kib": pss_kib(pid),
+            "fds": _fds(pid),
+        }
         for n, pid in cluster.shard_pids.items()
     }
     return {
@@ -159,7 +164,22 @@ def sample(cluster: Cluster, fleets: dict[str, ScaleFleet]) -> dict[str, Any]:
         "redis_rss_kib": rss_kib(cluster.redis_pid) if cluster.redis_pid else 0,
         "launcher_rss_kib": rss_kib(cluster.proc.pid),
         "shards_rss_kib": sum(p["rss_kib"] for p in per.values()),
+        "shards_pss_kib": sum(p["pss_kib"] for p in per.values()),
+        "redis_pss_kib": pss_kib(cluster.redis_pid) if cluster.redis_pid else 0,
     }
+
+
+def pss_kib(pid: int) -> int:
+    """Proportional set size: RSS with shared pages (the interpreter and its libraries,
+    mapped by every shard) divided among the processes that map them."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def cpu_window(cluster: Cluster, fleets: dict[str, ScaleFleet], secs: float) -> dict[str, Any]:
@@ -436,6 +456,7 @@ def summary(result: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
             "shards_rss_empty_gib": sum(empty.values()) / 2**20,
             "shards_rss_after_accounts_gib": sum(base.values()) / 2**20,
             "servers_plus_redis_gib": total_kib / 2**20,
+            "servers_plus_redis_pss_gib": (last["shards_pss_kib"] + last["redis_pss_kib"]) / 2**20,
             "kib_per_conn": growth / conns if conns else None,
             "kib_per_conn_all_in": total_kib / conns if conns else None,
             "keepalive_cpu_pct": hb["shards_cpu_pct"] + hb["redis_cpu_pct"],
@@ -459,6 +480,14 @@ def summary(result: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
             },
         },
     }
+
+
+def _fds(pid: int) -> int:
+    """Open files of a process (the machine allows 20,000 per process)."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return -1
 
 
 def _gib(kib: int) -> str:
