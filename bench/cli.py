@@ -242,6 +242,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=10.0, help="latency seconds (10)")
     p.add_argument("--body", type=int, default=32, help="message body characters (32)")
     p.add_argument("--seed", type=int, default=12, help="pairing seed (12)")
+    p.add_argument(
+        "--idle-secs", type=float, default=3.0, help="silent CPU window before latency (3)"
+    )
     p.set_defaults(func=scaling.run, plot=scaling.plot, out=report.DEFAULT_OUT / "scale")
     return top
 

@@ -21,11 +21,13 @@ from __future__ import annotations
 import argparse
 import random
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 from bench import shards, traffic
 from bench.cluster import ShardFleets, _relay, kind_of, quiesce, window
+from bench.procs import CpuMeter
 from bench.run import Run, settle
 from bench.shards import Cluster
 
@@ -60,6 +62,10 @@ def latency(
     try:
         connect = fleets.connect(pairs, tokens)
         settle(args.settle)
+        # What the shards and Redis burn with the pairs connected and silent (heartbeats only).
+        meters = {n: CpuMeter([pid]).start() for n, pid in cluster.pids.items()}
+        time.sleep(args.idle_secs)
+        idle = {n: m.stop()["cpu_pct"] for n, m in meters.items()}
         cmds = [
             {
                 "cmd": "rate",
@@ -75,6 +81,7 @@ def latency(
     finally:
         fleets.close()
     r["connect"] = connect
+    r["idle_cpu_pct"] = idle
     r["quiesce"] = quiesce(cluster)
     return r
 
@@ -151,6 +158,7 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
             "latency_us_per_msg": lat["server_us_per_msg"],
             "latency_errors": lat["error_codes"],
             "other_cpu_pct": lat["other_cpu_pct"],
+            "idle_cpu_pct": sum(lat["idle_cpu_pct"].values()),
         }
     one_ = next((r for r in rows.values() if r["shards"] == 1), None)
     if one_ and one_["relay_acked_per_s"]:
@@ -185,11 +193,12 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax1.set_ylabel("relay acked msgs/s (closed loop, best W)")
     ax1.set_title("relay throughput vs shards (ratio to 1 shard, cross-shard pairs)", fontsize=9)
     ax1.grid(alpha=0.3, axis="y")
-    for key, style in (("p50", "o-"), ("p99", "s-")):
-        ax2.plot(ns, [r["latency_deliver_ms"][key] for r in rows], style, label=key)
-    ax2.set_xscale("log")
+    ax1.set_ylim(0, max(acked or [1]) * 1.2)
+    xs = list(range(len(ns)))
+    for key, style in (("p50", "o-"), ("p99", "s-"), ("max", "^:")):
+        ax2.plot(xs, [r["latency_deliver_ms"][key] for r in rows], style, label=key)
     ax2.set_yscale("log")
-    ax2.set_xticks(ns, [str(n) for n in ns])
+    ax2.set_xticks(xs, [str(n) for n in ns])
     ax2.set_xlabel("shards")
     ax2.set_ylabel("send -> deliver (ms)")
     rate = result.get("args", {}).get("rate")
