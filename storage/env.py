@@ -190,6 +190,24 @@ class MapFull(StorageError):
     """The batch did not fit in the map; grow it and retry."""
 
 
+def private(path: str, mode: int) -> None:
+    """Take group and other permissions off ``path`` (its owner's stay as they are, within
+    ``mode``); nothing if it is missing or not ours to change."""
+    try:
+        current = os.stat(path).st_mode & 0o777
+        if current & ~mode:
+            os.chmod(path, current & mode)
+    except OSError:
+        pass
+
+
+def private_dir(path: str) -> None:
+    """The data directory, created 0700 (and tightened to it if it exists): it holds every
+    account's password hash, token digests and message bodies."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    private(path, 0o700)
+
+
 class Env:
     """The environment. Write ops get ``view(txn)`` (the :class:`Txn` itself if ``view`` is
     None): the store passes its typed ``WriteTx``, built once per batch in the flat run."""
@@ -203,7 +221,7 @@ class Env:
         sync: bool,
         view: Callable[[Txn], Any] | None = None,
     ) -> None:
-        os.makedirs(path, exist_ok=True)
+        private_dir(path)
         self.max_map_size = max_map_size
         self.view = view
         try:
@@ -215,9 +233,12 @@ class Env:
                 metasync=sync,
                 readahead=False,
                 max_readers=256,
+                mode=0o600,  # data.mdb and lock.mdb: tokens' digests, password hashes, bodies
             )
         except lmdb.Error as exc:
             raise StorageUnavailable(f"cannot open LMDB at {path}: {exc}") from exc
+        for name in ("data.mdb", "lock.mdb"):  # made by an older version, or another umask
+            private(os.path.join(path, name), 0o600)
         # Keep whatever size a previous run grew the map to.
         self.env.set_mapsize(max(map_size, self.env.info()["map_size"]))
         with self.env.begin(write=True) as txn:
