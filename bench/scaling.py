@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import random
 import shutil
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,34 @@ def pairs_for(count: int, seed: int) -> tuple[list[Pair], list[str]]:
     pool = list(users)
     random.Random(seed).shuffle(pool)
     return [(pool[2 * i], pool[2 * i + 1]) for i in range(count)], users
+
+
+def redis_calls(cluster: Cluster) -> dict[str, int]:
+    """Redis's ``INFO commandstats`` call counts (empty without a broker or redis-cli)."""
+    url = cluster.discovery.broker_url
+    cli = shutil.which("redis-cli") or shutil.which("valkey-cli")
+    if not url or not cli:
+        return {}
+    try:
+        text = subprocess.run(
+            [cli, "-u", url, "INFO", "commandstats"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        if line.startswith("cmdstat_"):
+            name, _, rest = line.partition(":")
+            fields = dict(kv.split("=", 1) for kv in rest.split(",") if "=" in kv)
+            out[name.removeprefix("cmdstat_")] = int(fields.get("calls", 0))
+    return out
+
+
+def diff(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    return {k: b[k] - a.get(k, 0) for k in b if b[k] - a.get(k, 0)}
 
 
 def mix(cluster: Cluster, pairs: list[Pair]) -> dict[str, Any]:
@@ -64,8 +93,11 @@ def latency(
         settle(args.settle)
         # What the shards and Redis burn with the pairs connected and silent (heartbeats only).
         meters = {n: CpuMeter([pid]).start() for n, pid in cluster.pids.items()}
+        ops0 = redis_calls(cluster)
         time.sleep(args.idle_secs)
         idle = {n: m.stop()["cpu_pct"] for n, m in meters.items()}
+        ops1 = redis_calls(cluster)
+        idle_ops = diff(ops0, ops1)
         cmds = [
             {
                 "cmd": "rate",
@@ -78,10 +110,18 @@ def latency(
             for share in traffic.share(args.rate, fleets.senders)
         ]
         r, _ = window(run_, cluster, fleets, cmds, args.warmup, args.duration)
+        ops2 = redis_calls(cluster)
     finally:
         fleets.close()
     r["connect"] = connect
     r["idle_cpu_pct"] = idle
+    r["redis_idle_calls_per_s"] = {k: v / args.idle_secs for k, v in idle_ops.items()}
+    # Redis commands over the whole rate window (warm-up, measuring and drain) per message
+    # sent in it: the open loop sends ``rate`` per second over warm-up + duration.
+    sent = args.rate * (args.warmup + args.duration)
+    window_ops = diff(ops1, ops2)
+    r["redis_calls"] = window_ops
+    r["redis_calls_per_msg"] = {k: v / sent for k, v in window_ops.items()} if sent else {}
     r["quiesce"] = quiesce(cluster)
     return r
 
@@ -159,6 +199,8 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
             "latency_errors": lat["error_codes"],
             "other_cpu_pct": lat["other_cpu_pct"],
             "idle_cpu_pct": sum(lat["idle_cpu_pct"].values()),
+            "redis_calls_per_msg": lat.get("redis_calls_per_msg"),
+            "redis_idle_calls_per_s": lat.get("redis_idle_calls_per_s"),
         }
     one_ = next((r for r in rows.values() if r["shards"] == 1), None)
     if one_ and one_["relay_acked_per_s"]:

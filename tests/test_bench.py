@@ -196,6 +196,8 @@ def test_scaling_smoke(tmp_path: Path) -> None:
         "1",
         "--rate",
         "40",
+        "--idle-secs",
+        "0.5",
         "--clients",
         "2",
     )
@@ -204,3 +206,5 @@ def test_scaling_smoke(tmp_path: Path) -> None:
     assert rows["1_shards"]["cross_shard_share"] == 0 and rows["1_shards"]["relay_ratio_to_1"] == 1
     for row in rows.values():
         assert row["relay_acked_per_s"] > 0 and row["latency_deliver_ms"]["p50"] > 0
+    # Two shards talk through Redis: every cross-shard message is at least one XADD.
+    assert rows["2_shards"]["redis_calls_per_msg"].get("xadd", 0) > 0
