@@ -41,6 +41,7 @@ class Publisher:
         self.confirmations: list[tuple[str, bytes]] = []  # to other shards, next send
         self.handed: dict[int, float] = {}  # seqs handed over in a reply, not loaded yet: when
         self._wake = trio.Event()
+        self._deleting = trio.Event()
         self.sent = 0
         self.resent = 0
 
@@ -76,15 +77,27 @@ class Publisher:
         return len(self.unconfirmed)
 
     async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._delete_confirmed)
+            while True:
+                # A kick from here on (a commit while this round sends) starts the next round
+                # at once: the event is new before the round looks at the outbox.
+                self._wake = trio.Event()
+                self._load()
+                await self._send_due()
+                if self.done:
+                    self._deleting.set()
+                with trio.move_on_after(min(1.0, self.resend_after)):
+                    await self._wake.wait()
+
+    async def _delete_confirmed(self) -> None:
+        """Delete confirmed records in their own commits, so sending never waits on one."""
         while True:
-            self._load()
-            await self._send_due()
-            if self.done:
-                done, self.done = self.done, []
+            await self._deleting.wait()
+            self._deleting = trio.Event()
+            done, self.done = self.done, []
+            if done:
                 await self.store.outbox_delete(TOPIC, done)
-            self._wake = trio.Event()
-            with trio.move_on_after(min(1.0, self.resend_after)):
-                await self._wake.wait()
 
     def _load(self) -> None:
         while True:
