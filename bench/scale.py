@@ -37,6 +37,7 @@ from bench.fleet import Fleet, next_source
 from bench.procs import ClientProc, CpuMeter, Procs, python, rss_kib
 from bench.report import percentiles
 from bench.run import Run, settle
+from bench.scaling import diff, redis_calls
 from bench.shards import Cluster
 from bench.targets import Target
 
@@ -384,13 +385,17 @@ def run(run_: Run, args: argparse.Namespace) -> dict[str, Any]:
             )
         result["steps"] = steps
         result["before_users"] = after_base
+        ops0 = redis_calls(cluster)
         result["heartbeat"] = hb = cpu_window(cluster, fleets, args.hb_secs)
+        ops1 = redis_calls(cluster)
+        hb["redis_calls_per_s"] = {k: v / args.hb_secs for k, v in diff(ops0, ops1).items()}
         run_.log(
             f"scale: keep-alive CPU over {args.hb_secs:g} s: shards {hb['shards_cpu_pct']:.0f}%, "
             f"redis {hb['redis_cpu_pct']:.1f}%, clients {hb['client_cpu_pct']:.0f}%, "
             f"machine {hb['machine_cpu_pct']:.0f}%, {hb['pings']:,} pings"
         )
         result["probe"] = probe(run_, args, cluster, fleets, senders)
+        result["probe"]["redis_calls"] = diff(ops1, redis_calls(cluster))
         result["after"] = sample(cluster, fleets)
         status = held(fleets)
         result["status_after"] = {
