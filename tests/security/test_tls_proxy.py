@@ -134,6 +134,8 @@ def https(
                 return response.status, json.loads(raw) if raw else None
         except urllib.error.HTTPError as exc:
             raw = exc.read()
+            if not exc.headers.get("content-type", "").startswith("application/json"):
+                return exc.code, raw  # nginx's own page
             return exc.code, json.loads(raw) if raw else None
 
     return trio.to_thread.run_sync(call)  # type: ignore[return-value]
@@ -216,6 +218,10 @@ async def chat_through(server: Server, port: int, context: ssl.SSLContext, publi
         port, "GET", "/v1/me", None, context, Authorization=f"Bearer {tokens['alice']}"
     )
     assert status == 200 and me["user_id"] == "alice"
+
+    assert (await https(port, "GET", "/metrics", None, context))[0] == 403  # not public
+    status, health = await https(port, "GET", "/healthz", None, context)
+    assert status == 200 and health["status"] == "ok"
 
     url = public.replace("https://", "wss://") + "/v1/ws"
     origin = [("Origin", public)]  # a browser on the public origin: the same-origin default
