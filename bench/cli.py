@@ -210,6 +210,12 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workers", type=int, default=8, help="concurrent HTTP signups (8)")
     p.add_argument("--hb-secs", type=float, default=30.0, help="keep-alive CPU window (30)")
+    p.add_argument(
+        "--hb-compare",
+        choices=["", "ws", "app"],
+        default="app",
+        help="then a second keep-alive window with this heartbeat kind; '' to skip (app)",
+    )
     p.add_argument("--probes", type=int, default=2000, help="random connections messaged (2000)")
     p.add_argument("--probe-rate", type=float, default=200.0, help="probe msgs/s in all (200)")
     p.add_argument(

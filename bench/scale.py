@@ -389,11 +389,28 @@ def run(run_: Run, args: argparse.Namespace) -> dict[str, Any]:
         result["heartbeat"] = hb = cpu_window(cluster, fleets, args.hb_secs)
         ops1 = redis_calls(cluster)
         hb["redis_calls_per_s"] = {k: v / args.hb_secs for k, v in diff(ops0, ops1).items()}
+        hb["kind"] = args.hb_kind
         run_.log(
             f"scale: keep-alive CPU over {args.hb_secs:g} s: shards {hb['shards_cpu_pct']:.0f}%, "
             f"redis {hb['redis_cpu_pct']:.1f}%, clients {hb['client_cpu_pct']:.0f}%, "
             f"machine {hb['machine_cpu_pct']:.0f}%, {hb['pings']:,} pings"
         )
+        if args.hb_compare and args.hb_compare != args.hb_kind:
+            # The same connections with the other kind of heartbeat (a ``{"type":"ping"}``
+            # frame answered by a ``pong`` frame costs more than a WebSocket ping).
+            for fleet in fleets.values():
+                fleet.ask_all(
+                    {"cmd": "heartbeat", "interval": args.hb_interval, "kind": args.hb_compare},
+                    30,
+                )
+            settle(args.hb_interval)
+            result["heartbeat_compare"] = hb2 = cpu_window(cluster, fleets, args.hb_secs)
+            hb2["kind"] = args.hb_compare
+            run_.log(
+                f"scale: keep-alive CPU with {args.hb_compare} pings: shards "
+                f"{hb2['shards_cpu_pct']:.0f}%, clients {hb2['client_cpu_pct']:.0f}%, "
+                f"{hb2['pings']:,} pings"
+            )
         result["probe"] = probe(run_, args, cluster, fleets, senders)
         result["probe"]["redis_calls"] = diff(ops1, redis_calls(cluster))
         result["after"] = sample(cluster, fleets)
@@ -467,6 +484,13 @@ def summary(result: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
             "keepalive_cpu_pct": hb["shards_cpu_pct"] + hb["redis_cpu_pct"],
             "hb_interval_s": args.hb_interval,
             "us_per_ping": hb["shard_us_per_ping"],
+            "hb_kind": hb.get("kind"),
+            "compare": {
+                k: result["heartbeat_compare"].get(k)
+                for k in ("kind", "shards_cpu_pct", "client_cpu_pct", "shard_us_per_ping")
+            }
+            if "heartbeat_compare" in result
+            else None,
             "lost": {n: s["lost"] for n, s in result.get("status_after", {}).items() if s["lost"]},
         },
         "goals": {

@@ -167,6 +167,8 @@ def test_scale_smoke(tmp_path: Path) -> None:
     for row in result["summary"]["shards"].values():
         assert row["connections"] == 21 and row["rss_mib"] > 0
     assert result["heartbeat"]["pings"] > 0 and result["heartbeat"]["redis_cpu_pct"] >= 0
+    assert result["heartbeat_compare"]["kind"] == "app"
+    assert result["heartbeat_compare"]["pongs"] > 0  # {"type":"pong"} frames came back
     probe = result["probe"]
     assert probe["probes"] == 10 and probe["delivered_to_chosen"] == 10 and probe["missing"] == 0
     assert probe["acked"] == 10 and not probe["errors"]
