@@ -72,7 +72,7 @@ def append_message(
             join(tx, user, channel)
     message = Message(channel, tx.next_msg_id(channel), sender, body, ts)
     tx.message_put(message)
-    inbox = {user: tx.inbox_append(user, channel, message.msg_id) for user in members}
+    inbox = tx.inbox_append_many(members, channel, message.msg_id)
     ack: dict[str, Any] = {"channel": channel, "msg_id": message.msg_id, "ts": ts}
     if sender in inbox:
         mark_read(tx, sender, channel, message.msg_id)
