@@ -66,6 +66,31 @@ def redis_calls(cluster: Cluster) -> dict[str, int]:
     return out
 
 
+def redis_memory(cluster: Cluster) -> dict[str, int]:
+    """Redis ``used_memory`` and the length of every shard's stream (entries stay after XACK
+    until the approximate MAXLEN trims them: this is what the streams hold)."""
+    url = cluster.discovery.broker_url
+    cli = shutil.which("redis-cli") or shutil.which("valkey-cli")
+    if not url or not cli:
+        return {}
+
+    def ask(*argv: str) -> str:
+        try:
+            return subprocess.run(
+                [cli, "-u", url, *argv], capture_output=True, text=True, timeout=10
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    out: dict[str, int] = {}
+    for line in ask("INFO", "memory").splitlines():
+        if line.startswith("used_memory:"):
+            out["used_memory"] = int(line.split(":", 1)[1])
+    lengths = [ask("XLEN", f"chatd:stream:{n}").strip() for n in cluster.names]
+    out["stream_entries"] = sum(int(x) for x in lengths if x.isdigit())
+    return out
+
+
 def diff(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
     return {k: b[k] - a.get(k, 0) for k in b if b[k] - a.get(k, 0)}
 
@@ -148,6 +173,7 @@ def one(
         )
         lat.pop("ack_cdf", None)
         out["latency"] = lat
+        out["redis_memory"] = redis_memory(cluster)
         out["log_problems"] = cluster.log_problems()
     finally:
         shards.stop(run_.procs, cluster)
@@ -201,6 +227,7 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
             "idle_cpu_pct": sum(lat["idle_cpu_pct"].values()),
             "redis_calls_per_msg": lat.get("redis_calls_per_msg"),
             "redis_idle_calls_per_s": lat.get("redis_idle_calls_per_s"),
+            "redis_memory": t.get("redis_memory"),
         }
     one_ = next((r for r in rows.values() if r["shards"] == 1), None)
     if one_ and one_["relay_acked_per_s"]:
