@@ -36,8 +36,9 @@ async def test_an_old_hash_is_upgraded_at_login(tmp_path: Path) -> None:
 
 
 async def test_a_login_flood_is_refused_and_chat_goes_on(tmp_path: Path) -> None:
-    # One slow hash at a time, three waiting at most: most of a burst of 16 is refused.
-    security = {"argon2_time_cost": 10, "hash_threads": 1, "max_pending_hashes": 3}
+    # One slow hash at a time, four in all: most of a burst of 16 is refused, and the four
+    # take long enough (20 passes each) that the chat below is done while they still run.
+    security = {"argon2_time_cost": 20, "hash_threads": 1, "max_pending_hashes": 4}
     async with running(make_config(tmp_path / "data", security=security)) as server:
         alice, bob = await make_user(server, "alice"), await make_user(server, "bob")
         statuses: list[tuple[int, str | None, dict[str, object]]] = []
