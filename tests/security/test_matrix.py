@@ -242,6 +242,7 @@ async def call(
 
 
 STATUS_CODES = {401: "unauthorized", 403: "forbidden", 404: "not_found"}
+ERROR_KEYS = ("type", "code", "message", "ref", "retry_after")
 
 
 async def test_http_matrix(tmp_path: Path) -> None:
@@ -313,6 +314,10 @@ async def ws_outcome(
                 while (reply := await raw.recv()) is not None and reply["type"] == "presence":
                     pass
             got = [reply] if reply is not None else []
+        for reply in got:
+            if reply["type"] == "error":  # the contract's shape, and nothing more
+                assert {"type", "code", "message"} <= set(reply) <= {*ERROR_KEYS}, reply
+                assert isinstance(reply["message"], str), reply
         if raw.close_code is not None:
             assert len(got) == 1 and got[0]["type"] == "error", got
             return f"{got[0]['code']}/{raw.close_code}", got[0]
