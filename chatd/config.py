@@ -134,6 +134,9 @@ class StorageConfig:
     map_size: int = 64 << 20
     max_map_size: int = 1 << 40
     sync: bool = True
+    #: Allow settings that let a crash lose acknowledged writes (``sync = false``: LMDB's
+    #: sync and metasync off). Without it such a config is refused at start-up.
+    unsafe_fast_commit: bool = False
     max_batch: int = 1000
     max_queue_bytes: int = 64 << 20
     sweep_interval: float = 300.0
@@ -151,6 +154,12 @@ class StorageConfig:
             _positive(f"storage.{key}", getattr(self, key))
         if self.max_map_size < self.map_size:
             raise ConfigError("storage.max_map_size: must be >= storage.map_size")
+        if not self.sync and not self.unsafe_fast_commit:
+            raise ConfigError(
+                "storage.sync: false turns off LMDB's sync and metasync, so a crash or power "
+                "loss can lose acknowledged messages; set storage.unsafe_fast_commit = true "
+                "to run that way anyway (tests and benchmarks only)"
+            )
 
 
 @dataclass(frozen=True)

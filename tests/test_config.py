@@ -106,7 +106,7 @@ def test_from_mapping_sets_keys_in_every_section() -> None:
         {
             "server": {"listen": "0.0.0.0:9000", "allowed_origins": ["https://a.example"]},
             "limits": {"send_rate": 3.5, "login_burst": 7},
-            "storage": {"sync": False, "max_batch": 10},
+            "storage": {"sync": False, "unsafe_fast_commit": True, "max_batch": 10},
             "security": {"token_ttl_days": 1.5, "hash_threads": 4},
         }
     )
@@ -150,6 +150,7 @@ def test_load_reads_a_toml_file(tmp_path: Path) -> None:
 
         [storage]
         sync = false
+        unsafe_fast_commit = true
 
         [security]
         token_ttl_days = 7
