@@ -27,7 +27,9 @@ PUSH: dict[str, Any] = {
 
 
 def push_config(data: Path, **push: Any) -> Config:
-    return make_config(data, push={**PUSH, **push}, storage={"sync": False, "unsafe_fast_commit": True})
+    return make_config(
+        data, push={**PUSH, **push}, storage={"sync": False, "unsafe_fast_commit": True}
+    )
 
 
 async def subscribe(server: Server, user: ChatClient, body: dict[str, Any]) -> tuple[int, Any]:

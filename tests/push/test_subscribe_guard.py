@@ -70,7 +70,9 @@ def test_non_public_addresses_fail(address: str) -> None:
 
 
 async def test_refusals_without_private_networks(tmp_path: Path) -> None:
-    async with running(make_config(tmp_path / "data", storage={"sync": False, "unsafe_fast_commit": True})) as server:
+    async with running(
+        make_config(tmp_path / "data", storage={"sync": False, "unsafe_fast_commit": True})
+    ) as server:
         bob = await make_user(server, "bob")
         for url in REFUSED_URLS:
             status, body = await subscribe(
@@ -111,7 +113,9 @@ BAD_BODIES: list[Any] = [
 
 
 async def test_bad_subscriptions(tmp_path: Path) -> None:
-    async with running(make_config(tmp_path / "data", storage={"sync": False, "unsafe_fast_commit": True})) as server:
+    async with running(
+        make_config(tmp_path / "data", storage={"sync": False, "unsafe_fast_commit": True})
+    ) as server:
         bob = await make_user(server, "bob")
         for body in BAD_BODIES:
             status, answer = await subscribe(server, bob, body)
