@@ -10,6 +10,15 @@ next one queues up, so batch size grows with load by itself.
 Running the hooks in the writer task, in order, is what makes delivery order equal commit order
 (msg_id and inbox seq order) without any per-channel locking: see docs/protocol.md.
 
+**One writer, one call per transaction.** Only the writer task starts write transactions, and
+it awaits one batch at a time (the commit is shielded from cancellation), so at most one worker
+thread is inside :meth:`Env.commit_batch <storage.env.Env.commit_batch>` at any moment. That
+call begins the write transaction, runs every op, and commits (or aborts) it before returning:
+a transaction never outlives the synchronous call that began it, so it is never held across an
+``await`` and never touched by two threads (LMDB's write lock is owned by the thread that took
+it). The thread is trio's cached worker thread for the call; what matters to LMDB is that begin
+and commit happen in the same call, which ``tests/test_storage_guards.py`` checks.
+
 The queue is bounded twice: in ops (``queue_size``) and in approximate bytes (``max_bytes``).
 Each op carries a size hint (a message's body dominates); its bytes count from the moment it is
 queued until its batch is committed and its hook has run, because that is how long its data

@@ -9,6 +9,7 @@ thread between batches is safe.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,22 @@ import lmdb
 
 from storage.codec import after_prefix, int_suffix, prefix, str_suffix
 from storage.errors import StorageError, StorageUnavailable
+
+log = logging.getLogger("chatd.storage")
+
+#: Threads that may hold a read transaction at once: the event loop's, the committer's writer
+#: (its write transaction takes no reader slot, but a maintenance read might), and trio's
+#: default worker-thread pool (40 threads) for anything run in ``trio.to_thread``.
+THREAD_POOL = 40 + 2
+
+
+def max_readers_for(threads: int) -> int:
+    """LMDB reader slots for ``threads`` threads: each read transaction takes one slot while
+    open (py-lmdb opens with MDB_NOTLS, so a slot follows the transaction, not the thread),
+    and a process killed with open reads leaves its slots stale until :meth:`Env.reader_check`.
+    Four per thread leaves room for those, and never fewer than LMDB's default 126."""
+    return max(126, 4 * threads)
+
 
 DATABASES = (
     "accounts",  # user_id -> {display_name, created_at, pw, last_active}
@@ -220,6 +237,7 @@ class Env:
         max_map_size: int,
         sync: bool,
         view: Callable[[Txn], Any] | None = None,
+        max_readers: int = max_readers_for(THREAD_POOL),
     ) -> None:
         private_dir(path)
         self.max_map_size = max_map_size
@@ -232,13 +250,20 @@ class Env:
                 sync=sync,
                 metasync=sync,
                 readahead=False,
-                max_readers=256,
+                max_readers=max_readers,
                 mode=0o600,  # data.mdb and lock.mdb: tokens' digests, password hashes, bodies
             )
         except lmdb.Error as exc:
             raise StorageUnavailable(f"cannot open LMDB at {path}: {exc}") from exc
         for name in ("data.mdb", "lock.mdb"):  # made by an older version, or another umask
             private(os.path.join(path, name), 0o600)
+        # A process killed with read transactions open (kill -9, OOM) leaves their reader
+        # slots taken; free them before they add up to MDB_READERS_FULL.
+        self.stale_readers = self.reader_check()
+        if self.unsafe_flags():  # the config refuses this without storage.unsafe_fast_commit
+            log.warning(
+                "LMDB unsafe flags %s: a crash may lose acknowledged writes", self.unsafe_flags()
+            )
         # Keep whatever size a previous run grew the map to.
         self.env.set_mapsize(max(map_size, self.env.info()["map_size"]))
         with self.env.begin(write=True) as txn:
@@ -250,7 +275,29 @@ class Env:
 
         A plain class, not ``@contextmanager``: its generator cost about a third of a small
         read, and the send path makes two reads per message."""
-        return _Reading(self.env.begin(buffers=False), self.dbs)
+        try:
+            raw = self.env.begin(buffers=False)
+        except lmdb.ReadersFullError:
+            # Every slot is taken: some may be stale (a dead process's); free those, retry once.
+            self.reader_check()
+            try:
+                raw = self.env.begin(buffers=False)
+            except lmdb.ReadersFullError as exc:
+                raise StorageUnavailable(f"LMDB reader slots exhausted: {exc}") from exc
+        return _Reading(raw, self.dbs)
+
+    def reader_check(self) -> int:
+        """Free the reader slots of dead processes (LMDB's ``mdb_reader_check``); how many."""
+        cleared = int(self.env.reader_check())
+        if cleared:
+            log.warning("LMDB: freed %d stale reader slot(s) of dead processes", cleared)
+        return cleared
+
+    def unsafe_flags(self) -> list[str]:
+        """The LMDB flags in effect that let a crash lose committed transactions."""
+        flags = self.env.flags()
+        unsafe = [name for name in ("sync", "metasync") if not flags[name]]
+        return unsafe + [name for name in ("writemap", "map_async") if flags[name]]
 
     def commit_batch(self, batch: Sequence[Op]) -> None:
         """Run every op in one write transaction; an op that raises is rolled back alone.
