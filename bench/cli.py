@@ -9,7 +9,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import cluster, density, fanout, latency, logins, plots, relay, report, scale, scaling
+from bench import (
+    cluster,
+    density,
+    fanout,
+    latency,
+    logins,
+    plots,
+    relay,
+    report,
+    scale,
+    scaling,
+    torture,
+)
 from bench.run import Run, describe_args
 from bench.targets import KINDS
 
@@ -252,11 +264,15 @@ def parser() -> argparse.ArgumentParser:
         "--idle-secs", type=float, default=3.0, help="silent CPU window before latency (3)"
     )
     p.set_defaults(func=scaling.run, plot=scaling.plot, out=report.DEFAULT_OUT / "scale")
+
+    torture.add_parser(sub)
     return top
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.scenario == "torture":  # runs its own server, killed and restarted: no Run
+        return torture.main(args)
     if args.target:
         args.targets = [k for k in args.targets if k == "chatd"] or ["chatd"]
     with Run(args) as run:
