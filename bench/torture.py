@@ -360,6 +360,16 @@ async def _check(url: str, devices: list[Device]) -> dict[str, Any]:
     }
 
 
+def log_problems(path: Path) -> list[str]:
+    """Lines of the server's log (every run of it) at ERROR or CRITICAL, or tracebacks."""
+    marks = ("ERROR", "CRITICAL", "Traceback")
+    return [
+        line
+        for line in path.read_text(errors="replace").splitlines()
+        if any(m in line for m in marks)
+    ]
+
+
 async def torture(
     cycles: int,
     clients: int,
@@ -400,6 +410,8 @@ async def torture(
                 stop.set()
             checked = await _check(server.url, devices)
             code = server.stop()
+            server.log.flush()
+            log_errors = log_problems(Path(server.log.name))
         finally:
             server.close()
     sent = sum(d.next_ref for d in devices)
@@ -422,6 +434,8 @@ async def torture(
         },
         "seconds": round(time.monotonic() - began, 2),
         "server_exit": code,
+        "server_log_errors": len(log_errors),
+        "server_log_sample": log_errors[:10],
     }
 
 
@@ -448,4 +462,7 @@ def main(args: argparse.Namespace) -> int:
     path = Path(args.out) / f"torture-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}")
+    if result["server_log_errors"]:
+        first = result["server_log_sample"][0]
+        print(f"server log: {result['server_log_errors']} error line(s), e.g. {first}")
     return 1 if result["lost"] or result["duplicated"] or result["gaps"] else 0

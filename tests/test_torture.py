@@ -33,6 +33,7 @@ def test_twenty_kills_lose_and_duplicate_nothing(tmp_path: Path) -> None:
     assert acked == sent > 0  # every ref was acked in the end, across the kills
     assert result["connects"] > 3 * kills  # every device reconnected after every kill
     assert result["problems"]["other"] == []
+    assert result["server_log_errors"] == 0, result["server_log_sample"]  # no error on restarts
 
 
 async def test_the_checker_sees_losses_and_duplicates(tmp_path: Path) -> None:
