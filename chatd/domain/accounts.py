@@ -2,7 +2,8 @@
 
 Passwords are hashed with argon2id in worker threads (at most ``security.hash_threads`` at once,
 at most ``security.max_pending_hashes`` queued, beyond which login answers 503 with Retry-After)
-so a login burst never delays the event loop. A hash made with other parameters than today's is
+so a login burst never blocks the event loop; those threads run at the lowest CPU priority, so
+on a busy machine chat is served first. A hash made with other parameters than today's is
 replaced at the next successful login (``check_needs_rehash``). A login for an unknown user
 verifies against a dummy hash, so it costs the same time as a wrong password.
 
@@ -13,7 +14,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import secrets
+import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -30,6 +34,24 @@ from storage import errors as storage_errors
 
 #: Seconds a login refused for a full password-check queue is told to wait (Retry-After).
 HASH_QUEUE_RETRY_AFTER = 1.0
+#: The nice value of a thread hashing passwords: when the CPU is short, the event loop (chat)
+#: comes first and logins wait (their queue is bounded, see ``security.max_pending_hashes``).
+HASH_NICE = 19
+_thread = threading.local()
+
+
+def _niced(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run ``fn`` in this worker thread at :data:`HASH_NICE` (set once per thread; Linux keeps a
+    nice value per thread, and an unprivileged thread cannot raise it again, so only worker
+    threads ever run this: trio's, which in the server run nothing but password hashes)."""
+    if not getattr(_thread, "niced", False):
+        _thread.niced = True
+        if sys.platform == "linux":
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASH_NICE)
+            except OSError:
+                pass  # not allowed here: run at the same priority as the event loop
+    return fn(*args)
 
 
 def now_ms() -> int:
@@ -72,7 +94,7 @@ class Accounts:
             )
         self._pending += 1
         try:
-            return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+            return await trio.to_thread.run_sync(_niced, fn, *args, limiter=self._limiter)
         finally:
             self._pending -= 1
 
