@@ -2,7 +2,7 @@
 
 Callers hand an :class:`~storage.env.Op` to :meth:`Committer.write` and wait. One writer task
 takes everything queued (up to ``max_batch``), runs the whole batch in one write transaction
-in the writer thread (:class:`WriterThread`: the fsync never stalls the event loop, and the
+in a worker thread (``trio.to_thread.run_sync``: the fsync never stalls the event loop, and the
 transaction lives and dies in that one thread), then, back on the loop thread and in commit
 order, runs each op's ``on_done`` hook (which wakes an awaiting caller). While one batch syncs, the
 next one queues up, so batch size grows with load by itself.
@@ -10,14 +10,14 @@ next one queues up, so batch size grows with load by itself.
 Running the hooks in the writer task, in order, is what makes delivery order equal commit order
 (msg_id and inbox seq order) without any per-channel locking: see docs/protocol.md.
 
-**One writer thread, one call per transaction.** Only the writer task starts write
-transactions, one batch at a time (the commit is shielded from cancellation), and it runs each
-batch in one dedicated OS thread, ``chatd-lmdb-writer`` (:class:`WriterThread`, started and
-stopped with :meth:`Committer.run`). That thread's call of :meth:`Env.commit_batch
-<storage.env.Env.commit_batch>` begins the write transaction, runs every op, and commits (or
-aborts) it before returning: a transaction never outlives the synchronous call that began it,
-so it is never held across an ``await`` and never touched by two threads (LMDB's write lock
-belongs to the thread that took it). ``tests/test_storage_guards.py`` checks both.
+**One writer, one call per transaction.** Only the writer task starts write transactions, and
+it awaits one batch at a time (the commit is shielded from cancellation), so at most one worker
+thread is inside :meth:`Env.commit_batch <storage.env.Env.commit_batch>` at any moment. That
+call begins the write transaction, runs every op, and commits (or aborts) it before returning:
+a transaction never outlives the synchronous call that began it, so it is never held across an
+``await`` and never touched by two threads (LMDB's write lock is owned by the thread that took
+it). The thread is trio's cached worker thread for the call; what matters to LMDB is that begin
+and commit happen in the same call, which ``tests/test_storage_guards.py`` checks.
 
 The queue is bounded twice: in ops (``queue_size``) and in approximate bytes (``max_bytes``).
 Each op carries a size hint (a message's body dominates); its bytes count from the moment it is
@@ -30,12 +30,9 @@ bigger than the cap still commits (alone).
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import outcome
 import trio
 
 from storage.env import Env, MapFull, Op
@@ -45,48 +42,6 @@ log = logging.getLogger("chatd.storage")
 T = TypeVar("T")
 #: The size hint of an op that stores no message: the Op, its closures and a small record.
 OP_BYTES = 512
-
-
-class WriterThread:
-    """The one OS thread that runs every write transaction of a committer.
-
-    :meth:`run` hands it a synchronous call and waits (without blocking the event loop) for
-    the result. Calls run one after another in submission order; the committer only ever has
-    one in flight.
-    """
-
-    NAME = "chatd-lmdb-writer"
-
-    def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._loop, name=self.NAME, daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            job()
-
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` in the writer thread; its result or exception. Not cancellable once
-        queued (the committer shields it): the call runs to its end regardless."""
-        token = trio.lowlevel.current_trio_token()
-        done = trio.Event()
-        box: list[outcome.Outcome[T]] = []
-
-        def job() -> None:
-            box.append(outcome.capture(fn, *args))
-            try:
-                token.run_sync_soon(done.set)
-            except trio.RunFinishedError:  # the event loop is gone: nobody is waiting
-                pass
-
-        self._jobs.put(job)
-        await done.wait()
-        return box[0].unwrap()
-
-    def close(self) -> None:
-        """Let the thread end after the calls already queued."""
-        self._jobs.put(None)
 
 
 class Committer:
@@ -107,7 +62,6 @@ class Committer:
         self._room: trio.Event | None = None  # set when bytes are given back
         self.batches = 0
         self.ops = 0
-        self._writer: WriterThread | None = None  # while run() runs
 
     def _full(self, size: int) -> bool:
         return self.queued_bytes > 0 and self.queued_bytes + size > self._max_bytes
@@ -177,25 +131,20 @@ class Committer:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The writer loop; returns after :meth:`close` once the queue is drained."""
-        self._writer = WriterThread()
         task_status.started()
-        try:
-            async with self._recv:
-                async for first, size in self._recv:
-                    batch = [first]
-                    while len(batch) < self._max_batch:
-                        try:
-                            op, op_size = self._recv.receive_nowait()
-                        except (trio.WouldBlock, trio.EndOfChannel):
-                            break
-                        batch.append(op)
-                        size += op_size
-                    with trio.CancelScope(shield=True):
-                        await self._commit(batch)
-                    self._give_back(size)
-        finally:
-            self._writer.close()
-            self._writer = None
+        async with self._recv:
+            async for first, size in self._recv:
+                batch = [first]
+                while len(batch) < self._max_batch:
+                    try:
+                        op, op_size = self._recv.receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                    batch.append(op)
+                    size += op_size
+                with trio.CancelScope(shield=True):
+                    await self._commit(batch)
+                self._give_back(size)
 
     def _give_back(self, size: int) -> None:
         self.queued_bytes -= size
@@ -206,8 +155,7 @@ class Committer:
     async def _commit(self, batch: list[Op]) -> None:
         while True:
             try:
-                assert self._writer is not None, "batches are committed by run() only"
-                await self._writer.run(self._env.commit_batch, batch)
+                await trio.to_thread.run_sync(self._env.commit_batch, batch)
                 break
             except MapFull:
                 try:

@@ -15,7 +15,6 @@ import pytest
 import trio
 
 from chatd.config import ConfigError, from_mapping
-from storage.committer import WriterThread
 from storage.env import THREAD_POOL, Env, max_readers_for
 from storage.errors import StorageUnavailable
 from storage.store import Store
@@ -140,37 +139,33 @@ def test_readers_full_runs_reader_check_and_retries_once(tmp_path: Path) -> None
 
 
 async def test_each_batch_runs_in_one_thread_call_one_at_a_time(tmp_path: Path) -> None:
-    """Every op of every batch runs in the one dedicated writer thread (never the event
-    loop's), and no two ops (so no two batches) are ever inside a write transaction at once."""
+    """Every op of a batch sees the same transaction in the same worker thread (never the
+    event loop's), and no two batches are ever inside a write transaction at once."""
     store = Store(str(tmp_path / "db"), sync=False, max_batch=16)
-    seen: list[tuple[int, str]] = []  # (thread id, thread name) per op
+    seen: list[tuple[int, int]] = []  # (thread, transaction) per op
     inside = [0, 0]  # ops running now, most at once
 
     def op(n: int) -> Any:
         def fn(tx: Any) -> int:
             inside[0] += 1
             inside[1] = max(inside[1], inside[0])
-            seen.append((threading.get_ident(), threading.current_thread().name))
+            seen.append((threading.get_ident(), id(tx)))
             inside[0] -= 1
             return n
 
         return fn
 
-    threads_before = {t.name for t in threading.enumerate()}
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run)
-        assert WriterThread.NAME in {t.name for t in threading.enumerate()} - threads_before
         async with trio.open_nursery() as writers:
             for n in range(200):
                 writers.start_soon(store.write, op(n))
         store.close()
+    loop_thread = threading.get_ident()
     assert len(seen) == 200 and inside[1] == 1
-    assert len(set(seen)) == 1 and seen[0][1] == WriterThread.NAME
-    assert seen[0][0] != threading.get_ident()
-    assert 1 < store.committer.batches < 200  # they were batched, in several transactions
-    for _ in range(100):  # run() stopped its thread
-        if WriterThread.NAME not in {t.name for t in threading.enumerate()}:
-            break
-        await trio.sleep(0.01)
-    else:
-        raise AssertionError("the writer thread outlived the committer")
+    assert all(thread != loop_thread for thread, _ in seen)
+    # Batches run one after another, so consecutive ops with the same transaction are a batch.
+    for (thread, txn), (next_thread, next_txn) in zip(seen, seen[1:], strict=False):
+        if txn == next_txn:
+            assert thread == next_thread
+    assert store.committer.batches < 200  # they were batched
