@@ -44,6 +44,7 @@ CHANNEL_ROUTE = re.compile(r"^/v1/(?:groups|channels)/([^/]+)(?:/|$)")
 USER_ROUTE = re.compile(r"^/v1/users/([^/]+)$")
 PASSED_HEADERS = ("retry-after", "allow")
 MAX_HOPS = 2
+PEER_HEADERS = ("x-chatd-secret", USER_HEADER, CLIENT_HEADER, HOPS_HEADER)
 
 
 def token_user(token: str) -> str:
@@ -68,6 +69,14 @@ class Gateway:
         self.accounts = accounts
 
     async def dispatch(self, request: Request) -> Response:
+        """A request from the public listener: the shards' own headers, if a client sent
+        them, mean nothing here and are dropped before routing."""
+        for name in PEER_HEADERS:
+            request.headers.pop(name, None)
+        return await self.route(request)
+
+    async def route(self, request: Request) -> Response:
+        """Answer here or forward to the owner (the peer listener enters here directly)."""
         try:
             owner = self._owner(request)
         except ChatError as exc:
@@ -103,7 +112,8 @@ class Gateway:
         return owner, user
 
     async def forward(self, shard: str, request: Request, *, asserted: str = "") -> Response:
-        hops = int(request.headers.get(HOPS_HEADER, "0") or 0) + 1
+        raw = request.headers.get(HOPS_HEADER, "0")
+        hops = (int(raw) if raw.isdigit() and len(raw) <= 2 else MAX_HOPS) + 1
         if hops > MAX_HOPS:
             return error_response(Unavailable("cluster routing loop: check the discovery files"))
         headers = {CLIENT_HEADER: request.client, HOPS_HEADER: str(hops)}
@@ -177,7 +187,7 @@ class PeerApi:
         except StorageUnavailable as exc:
             return _packed(503, {"error": "unavailable", "message": str(exc)})
         request.user_id = request.headers.get(USER_HEADER, "")
-        return await self.gateway.dispatch(request)
+        return await self.gateway.route(request)
 
     async def _send(self, request: Request) -> Response:
         """A batch of sends forwarded by their senders' home shard: each is queued for the
@@ -188,6 +198,8 @@ class PeerApi:
                 (x["sender"], x["ref"], x["channel"], x["body"])
                 for x in wire.unpack(request.body)["sends"]
             ]
+            if not all(isinstance(v, str) for send in sends for v in send):
+                raise TypeError("sender, ref, channel and body must be strings")
         except (ValueError, KeyError, TypeError) as exc:
             return _packed(400, {"error": "bad_request", "message": f"bad peer send: {exc}"})
         results: list[dict[str, Any]] = [{} for _ in sends]

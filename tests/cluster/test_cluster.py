@@ -14,6 +14,7 @@ import trio
 from trio_websocket import WebSocketConnection, connect_websocket_url
 
 from chatd.client.http import HttpClient
+from chatd.cluster import wire
 from tests.cluster.redis import RedisServer
 from tests.cluster.shards import Shards
 from tests.wsraw import RawWs
@@ -259,3 +260,41 @@ async def _kill_and_restart(
     assert sorted(bodies) == sorted(acked), "every acked message once, nothing else"
     ids = [f["msg_id"] for f in replay if f["type"] == "msg"]
     assert ids == sorted(ids) == list(range(1, len(ids) + 1))
+
+
+async def test_hostile_requests_to_public_and_peer_ports(shards: Shards) -> None:
+    """Clients cannot use the shards' own headers; the peer port wants the secret and checks
+    what it is sent; after all of it every shard still serves."""
+    users = spread(shards, 1)
+    logins = await signup_login(shards, users)
+    user = users[0]
+    token = logins[user]["token"]
+    victim = users[1]
+    elsewhere = next(s for s in shards.discovery.shards if s.name != shards.home(user).name)
+    async with HttpClient(elsewhere.url) as http:
+        # forwarded HEAD: the GET's status and headers, no body
+        head = await http.request("HEAD", "/v1/me", token=token)
+        assert (head.status, head.body) == (200, b"")
+        # a hop count or an asserted user sent by a client means nothing
+        hops = {"x-chatd-hops": "99999999999999999999", "x-chatd-user": victim}
+        me = await http.request("GET", "/v1/me", token=token, headers=hops)
+        assert (me.status, me.json()["user_id"]) == (200, user)
+        bare = await http.request("GET", "/v1/me", headers={"x-chatd-user": victim})
+        assert bare.status == 401
+        for bad in ("x.y", f"{victim}.", ".", f"{victim}.garbage"):
+            assert (await http.request("GET", "/v1/me", token=bad)).status == 401
+        odd = await http.request("PROPFIND", "/v1/me", token=token)
+        assert odd.status == 405
+    peer_host, peer_port = elsewhere.peer_host, elsewhere.peer_port
+    async with HttpClient(f"http://{peer_host}:{peer_port}") as peer:
+        assert (await peer.request("POST", "/peer/send", raw=b"\x93")).status == 403
+        secret = {"x-chatd-secret": shards.discovery.secret}
+        for body in (b"\xc1", wire.pack({"sends": [{"sender": 1}]}), wire.pack([1, 2])):
+            answer = await peer.request("POST", "/peer/send", raw=body, headers=secret)
+            assert answer.status == 400, body
+        confused = {"sends": [{"sender": user, "ref": 7, "channel": ["x"], "body": None}]}
+        answer = await peer.request("POST", "/peer/send", raw=wire.pack(confused), headers=secret)
+        assert answer.status == 400
+    for shard in shards.discovery.shards:
+        async with HttpClient(shard.url) as http:
+            assert (await http.request("GET", "/healthz")).status == 200
