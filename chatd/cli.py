@@ -12,7 +12,7 @@ import trio
 
 from chatd import __version__
 from chatd.cluster import launch, reshard
-from chatd.config import Config, ConfigError, load
+from chatd.config import Config, ConfigError
 from chatd.ops import commands, logs
 from chatd.ops.reload import Reloader
 from chatd.server import serve
@@ -70,13 +70,7 @@ async def _run(config: Config, reread: Callable[[], Config]) -> None:
 
 def _load(args: argparse.Namespace) -> Config:
     """The config as the command line says: file, flags, log flags."""
-    config = load(
-        args.config,
-        discovery=args.discovery,
-        listen=args.listen,
-        data=args.data,
-        shard=args.shard,
-    )
+    config = commands.serve_config(args)
     log = {"level": args.log_level, "format": args.log_format}
     log = {k: v for k, v in log.items() if v is not None}
     return config.replace("log", **log) if log else config

@@ -98,14 +98,20 @@ def _config(args: argparse.Namespace) -> Config:
     return load(args.config, data=args.data)
 
 
-def check_config(args: argparse.Namespace) -> int:
-    config = load(
+def serve_config(args: argparse.Namespace) -> Config:
+    """The config of ``serve`` and ``check-config`` from their flags: file, discovery file and
+    shard, listen and data (the log flags are serve's, applied by the caller)."""
+    return load(
         args.config,
         discovery=args.discovery,
         listen=args.listen,
         data=args.data,
         shard=args.shard,
     )
+
+
+def check_config(args: argparse.Namespace) -> int:
+    config = serve_config(args)
     s = config.server
     print(f"config ok: listen {s.listen}, data {s.data}, log {config.log.format}")
     discovery = config.discovery()
