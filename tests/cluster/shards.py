@@ -29,8 +29,11 @@ def _free_ports(n: int) -> list[int]:
 class Shards:
     """N shards of one cluster on loopback, each its own process and LMDB directory."""
 
-    def __init__(self, directory: Path, n: int, broker_url: str) -> None:
+    def __init__(
+        self, directory: Path, n: int, broker_url: str, *, log_level: str = "WARNING"
+    ) -> None:
         self.directory = directory
+        self.log_level = log_level
         directory.mkdir(parents=True, exist_ok=True)
         ports = _free_ports(2 * n)
         shards = [
@@ -60,7 +63,7 @@ class Shards:
                 [sys.executable, "-m", "chatd", "serve", "--discovery", str(self.path)]
                 + ["--shard", name, "--data", str(self.directory / name)]
                 + ["--config", str(self.config)]
-                + ["--log-level", "WARNING"],
+                + ["--log-level", self.log_level],
                 stdout=log,
                 stderr=log,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},

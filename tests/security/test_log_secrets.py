@@ -11,10 +11,6 @@ from __future__ import annotations
 
 import base64
 import os
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import trio
@@ -96,30 +92,6 @@ async def test_push_paths_log_no_secret(tmp_path: Path) -> None:
     _assert_clean(server.log(), secrets)
 
 
-class DebugShards(Shards):
-    """The cluster tests' shards, logging at DEBUG to one file each."""
-
-    def start(self, name: str) -> None:
-        with open(self.directory / f"{name}.log", "ab") as log:
-            self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "chatd", "serve", "--discovery", str(self.path)]
-                + ["--shard", name, "--data", str(self.directory / name)]
-                + ["--config", str(self.config), "--log-level", "DEBUG"],
-                stdout=log,
-                stderr=log,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(self.url(name) + "/healthz", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"shard {name} did not start: see {self.directory / name}.log")
-
-
 def _users_on_both(shards: Shards) -> tuple[str, str]:
     names = [f"user{i}" for i in range(50)]
     on1 = next(n for n in names if shards.home(n).name == "s1")
@@ -130,7 +102,7 @@ def _users_on_both(shards: Shards) -> tuple[str, str]:
 async def test_cluster_paths_log_no_secret(tmp_path: Path) -> None:
     redis = RedisServer(tmp_path / "redis")
     redis.start()
-    shards = DebugShards(tmp_path / "cluster", 2, redis.url)
+    shards = Shards(tmp_path / "cluster", 2, redis.url, log_level="DEBUG")
     try:
         await trio.to_thread.run_sync(shards.start_all)
         u1, u2 = _users_on_both(shards)
