@@ -20,6 +20,7 @@ from bench import (
     report,
     scale,
     scaling,
+    storage,
     torture,
 )
 from bench.run import Run, describe_args
@@ -266,6 +267,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=scaling.run, plot=scaling.plot, out=report.DEFAULT_OUT / "scale")
 
     torture.add_parser(sub)
+    storage.add_parser(sub)
     return top
 
 
@@ -273,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.scenario == "torture":  # runs its own server, killed and restarted: no Run
         return torture.main(args)
+    if args.scenario == "storage":  # no server: the on-disk format under the real write path
+        return storage.main(args)
     if args.target:
         args.targets = [k for k in args.targets if k == "chatd"] or ["chatd"]
     with Run(args) as run:
