@@ -28,6 +28,8 @@ BENCH_CONFIG = """\
 # chatd config used by the bench: limits out of the way of the load, everything else default.
 [server]
 max_connections = 19500
+accept_rate = 1000000.0
+accept_burst = 1000000
 
 [limits]
 max_connections_per_ip = 19500

@@ -130,6 +130,24 @@ def collect(
             "WebSockets closed 1008 for a full outbound queue (slow consumers)",
             ws.overflows,
         ),
+        Sample(
+            "chatd_outbound_queued_bytes",
+            "gauge",
+            "bytes waiting in WebSocket output buffers (past the kernel's socket buffers)",
+            sum(conn.out_bytes for conn in ws),
+        ),
+        Sample(
+            "chatd_write_stalls_total",
+            "counter",
+            "WebSockets closed 1008 after limits.write_stall_timeout with nothing written",
+            ws.stalls,
+        ),
+        Sample(
+            "chatd_accepted_connections_total",
+            "counter",
+            "TCP connections accepted (before the connection caps)",
+            lifecycle.connections.accepted,
+        ),
     ]
     for code, count in sorted(ws.closes.items()):
         out.append(

@@ -62,6 +62,11 @@ class ServerConfig:
     keepalive_timeout: float = 60.0
     hello_timeout: float = 10.0
     max_connections: int = 19000
+    #: connections accepted per second at most, with bursts of ``accept_burst`` (a token
+    #: bucket in the accept loop; beyond it connections wait in the listen backlog), so a
+    #: reconnect storm cannot take every cycle from the connections already served
+    accept_rate: float = 2000.0
+    accept_burst: int = 1000
     #: peers (CIDRs or addresses) whose forwarding header names the client (chatd/net/proxies.py)
     trusted_proxies: tuple[str, ...] = ()
     proxy_header: str = "x-forwarded-for"
@@ -85,6 +90,8 @@ class ServerConfig:
         for key in ("drain_timeout", "header_timeout", "keepalive_timeout", "hello_timeout"):
             _positive(f"server.{key}", getattr(self, key))
         _positive("server.max_connections", self.max_connections)
+        _positive("server.accept_rate", self.accept_rate)
+        _positive("server.accept_burst", self.accept_burst)
         for origin in self.allowed_origins:
             if not _origin_ok(origin):
                 raise ConfigError(
@@ -120,6 +127,9 @@ class LimitsConfig:
     max_frame_bytes: int = 1 << 20
     max_request_body: int = 1 << 20
     outbound_queue_bytes: int = 1 << 20
+    #: seconds a WebSocket may have unsent bytes and a socket that takes none before it is
+    #: closed 1008 (chatd/net/outbound.py): a reader that stopped, below the byte cap
+    write_stall_timeout: float = 10.0
     max_connections_per_ip: int = 1000
     api_rate: float = 50.0
     api_burst: int = 200

@@ -129,7 +129,10 @@ async def serve(
                     app = build(config, store, conns, port, discovery)
                     server = Server(app, host, port)
                     accept_scope = trio.CancelScope()
-                    conns.start_soon(listening.accept_loop, app.http, listener, conns, accept_scope)
+                    accept_rate = RateLimiter(cfg.accept_rate, cfg.accept_burst, max_keys=1)
+                    conns.start_soon(
+                        listening.accept_loop, app.http, listener, conns, accept_scope, accept_rate
+                    )
                     if app.node is not None and app.peer_http is not None and peer_listener:
                         # Peers keep being served while this shard drains (until the end).
                         peer_scope = trio.CancelScope()

@@ -30,6 +30,7 @@ class ConnectionLimits:
         self.max_per_ip = max_per_ip
         self.open = 0  # connections counted: being served, or being refused with a 503
         self.dropped = 0  # closed at accept, over a cap
+        self.accepted = 0  # every connection accept() returned, dropped ones included
         self._per_ip: dict[str, int] = {}
         self._ip_of: dict[socket.socket, str] = {}
 
@@ -39,6 +40,7 @@ class ConnectionLimits:
         ``ip`` is the key the per-address cap counts (``chatd/net/proxies.limit_key``). A
         connection from a trusted ``proxy`` counts toward the total only, until its request
         names the client it speaks for (:meth:`speaks_for`)."""
+        self.accepted += 1
         if proxy:
             if self.open >= self.max_total:
                 self.dropped += 1

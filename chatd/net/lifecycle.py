@@ -13,28 +13,31 @@ from typing import Any
 import trio
 
 from chatd.net.admission import ConnectionLimits
-
-#: The close reason ``chatd/net/outbound.py`` gives a slow consumer (1008).
-OVERFLOW_REASON = "outbound queue overflow"
+from chatd.net.outbound import OVERFLOW_REASON, STALL_REASON
 
 
 class WebSockets(set[Any]):
     """The open WebSocket connections. As each leaves (its task's last step), the close code
     it was closed with is counted (0: it closed without one of ours, e.g. the peer went
-    first), and slow consumers closed for a full outbound queue separately: plain integer
-    increments, read by ``/metrics``."""
+    first), and slow consumers closed for a full outbound queue or a write stall separately:
+    plain integer increments, read by ``/metrics``."""
 
     def __init__(self) -> None:
         super().__init__()
         self.closes: dict[int, int] = {}
         self.overflows = 0
+        self.stalls = 0
 
     def discard(self, conn: Any) -> None:
         if conn in self:
             code = getattr(conn, "close_code", 0)
             self.closes[code] = self.closes.get(code, 0) + 1
-            if code == 1008 and getattr(conn, "close_reason", "") == OVERFLOW_REASON:
-                self.overflows += 1
+            if code == 1008:
+                reason = getattr(conn, "close_reason", "")
+                if reason == OVERFLOW_REASON:
+                    self.overflows += 1
+                elif reason == STALL_REASON:
+                    self.stalls += 1
         super().discard(conn)
 
 

@@ -3,6 +3,11 @@
 Each accepted socket is counted (``chatd/net/admission.py``), tuned (no Nagle delay, kernel
 keepalive) and served by an :class:`~chatd.net.http.HttpConnection` task in the connections
 nursery. Errors that concern one connection never end the loop (see ``ACCEPT_SKIP``).
+
+The public listener accepts at most ``server.accept_rate`` connections per second (bursts of
+``server.accept_burst``): when a restart or a network blip sends every client back at once,
+the ones over the rate wait in the kernel's listen backlog (and past it, retry their SYN)
+instead of taking every cycle from the connections already served.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import trio
 
 from chatd.config import PresenceConfig
 from chatd.domain.errors import Unavailable
+from chatd.domain.ratelimit import RateLimiter
 from chatd.net.admission import PER_IP_RETRY_AFTER, Admission
 from chatd.net.heartbeat import set_keepalive
 from chatd.net.http import HttpConnection, HttpServer
@@ -52,14 +58,21 @@ async def accept_loop(
     listener: socket.socket,
     conns: trio.Nursery,
     scope: trio.CancelScope,
+    rate: RateLimiter | None = None,
 ) -> None:
-    """Accept until ``scope`` is cancelled; serve each connection in ``conns``."""
+    """Accept until ``scope`` is cancelled; serve each connection in ``conns``. With ``rate``,
+    one token of it per accept: the loop sleeps while it has none."""
     connections = http.lifecycle.connections
     keepalive = http.config.presence
     with scope:
         while True:
             await trio.lowlevel.wait_readable(listener)
             while True:
+                if rate is not None:
+                    wait = rate.take("")
+                    if wait:
+                        await trio.sleep(wait)
+                        continue
                 try:
                     sock, addr = listener.accept()
                 except BlockingIOError:

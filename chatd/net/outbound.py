@@ -5,7 +5,9 @@ socket by whichever task produced them (its own reader, or a commit hook fanning
 While the reader handles one ``recv`` the connection is *corked*: replies are gathered and
 written with one ``send``. Only when the kernel buffer is full does a flusher task wait for
 writability; bytes wait in a buffer bounded by ``out_cap`` (``limits.outbound_queue_bytes``), and
-a device that lets it overflow is closed with 1008 (it resyncs with ``since``). The sender and
+a device that lets it overflow is closed with 1008 (it resyncs with ``since``). A device whose
+socket takes nothing for ``write_stall`` seconds (``limits.write_stall_timeout``: it stopped
+reading, but its queue fills too slowly to overflow) is closed with 1008 too. The sender and
 other devices never wait for a slow one.
 
 Frames shared by many devices (:class:`~chatd.domain.ports.Shared`) are encoded once per
@@ -22,10 +24,15 @@ import trio
 from chatd.domain.ports import Shared
 from chatd.protocol import frames
 
+#: The close reason (1008) of a device closed for an outbound queue over ``out_cap``.
+OVERFLOW_REASON = "outbound queue overflow"
+#: The close reason (1008) of a device whose socket took nothing for ``write_stall`` seconds.
+STALL_REASON = "write stall"
+
 
 class Outbound:
     """Output state of one connection. Subclasses provide ``closing``, :meth:`close`,
-    :meth:`_crashed`, :attr:`out_cap` and :meth:`spawn_flusher`."""
+    :meth:`_crashed`, :attr:`out_cap`, :attr:`write_stall` and :meth:`spawn_flusher`."""
 
     __slots__ = ("sock", "binary", "out", "out_bytes", "corked", "flushing", "drained", "dead")
 
@@ -44,6 +51,11 @@ class Outbound:
     # -- what the connection provides
     @property
     def out_cap(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def write_stall(self) -> float:
+        """Seconds the socket may stay unwritable, with bytes waiting, before a 1008 close."""
         raise NotImplementedError
 
     def close(self, code: int, reason: str = "") -> None:
@@ -84,7 +96,7 @@ class Outbound:
             self.out.append(data)
             self.out_bytes += len(data)
             if self.out_bytes > self.out_cap and not self.closing:
-                self.close(1008, "outbound queue overflow")
+                self.close(1008, OVERFLOW_REASON)
             elif not self.corked and not self.flushing:
                 self._start_flusher()
             return
@@ -131,7 +143,14 @@ class Outbound:
 
     async def _drain(self) -> None:
         while self.out is not None and not self.dead:
-            await trio.lowlevel.wait_writable(self.sock)
+            # Each wait is bounded: a socket that takes no byte for ``write_stall`` seconds
+            # belongs to a reader that stopped (its queue may fill too slowly to overflow).
+            with trio.move_on_after(self.write_stall) as waited:
+                await trio.lowlevel.wait_writable(self.sock)
+            if waited.cancelled_caught:
+                if not self.closing:
+                    self.close(1008, STALL_REASON)
+                return
             data = b"".join(self.out)
             try:
                 sent = self.sock.send(data)

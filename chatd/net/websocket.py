@@ -409,6 +409,10 @@ class Conn(Outbound):
     def out_cap(self) -> int:
         return self.srv.out_cap
 
+    @property
+    def write_stall(self) -> float:
+        return self.srv.write_stall
+
     def spawn_flusher(self) -> None:
         self.srv.nursery.start_soon(self._flusher)
 
@@ -461,6 +465,7 @@ class WsServer:
     ) -> None:
         self.config = config
         self.out_cap = config.limits.outbound_queue_bytes
+        self.write_stall = config.limits.write_stall_timeout
         self.store = store
         self.accounts = accounts
         self.sessions = sessions
