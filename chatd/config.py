@@ -264,6 +264,22 @@ class ClusterConfig:
         pass  # the file itself is checked by Config.validate, which also sees server.shard
 
 
+@dataclass(frozen=True)
+class TestingConfig:
+    """Test-only switches, all off by default; never set in production (docs/conformance.md)."""
+
+    #: Serve ``/v1/testing/echo`` (``chatd/net/echo.py``): a WebSocket that echoes each text
+    #: and binary message back, over the same connection layer as ``/v1/ws``, with no hello
+    #: and no authentication. For the Autobahn|Testsuite conformance run (scripts/autobahn).
+    websocket_echo: bool = False
+    #: Frames one message may come in on the echo endpoint (``/v1/ws`` keeps 1,024): the
+    #: conformance run sends 4 MiB in 64-byte fragments.
+    echo_max_fragments: int = 1024
+
+    def validate(self) -> None:
+        _positive("testing.echo_max_fragments", self.echo_max_fragments)
+
+
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -293,6 +309,7 @@ class Config:
     push: PushConfig = field(default_factory=PushConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    testing: TestingConfig = field(default_factory=TestingConfig)
 
     def validate(self) -> Config:
         for f in fields(self):

@@ -34,6 +34,7 @@ from chatd.domain.errors import (
 )
 from chatd.net import sockets as net
 from chatd.net.admission import PER_IP_RETRY_AFTER
+from chatd.net.echo import ECHO_PATH, start_echo
 from chatd.net.handshake import Origins, handshake
 from chatd.net.lifecycle import Lifecycle
 from chatd.net.proxies import TrustedProxies, limit_key
@@ -102,6 +103,13 @@ class HttpServer:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "proxies", TrustedProxies.from_config(self.config.server))
+        if self.echo:
+            log.warning("testing.websocket_echo is on: %s echoes anyone (tests only)", ECHO_PATH)
+
+    @property
+    def echo(self) -> bool:
+        """Serve the test-only echo WebSocket (``testing.websocket_echo``)."""
+        return self.websocket and self.config.testing.websocket_echo
 
 
 class HttpConnection:
@@ -171,6 +179,9 @@ class HttpConnection:
             if request.path == WS_PATH and request.is_websocket() and self.srv.websocket:
                 await self._upgrade(request)
                 return
+            if request.path == ECHO_PATH and request.is_websocket() and self.srv.echo:
+                await self._upgrade(request)  # testing.websocket_echo: chatd/net/echo.py
+                return
             lifecycle.http_busy += 1
             try:
                 response = await self.srv.api.dispatch(request)
@@ -238,7 +249,10 @@ class HttpConnection:
         out = self.h11.send(h11.InformationalResponse(status_code=101, headers=headers))
         self.responded = True
         await net.send_all(self.sock, out)
-        self.srv.ws.start(self.sock, binary, self.h11.trailing_data[0], self.client)
+        if request.path == ECHO_PATH:
+            start_echo(self.srv.ws, self.sock, self.h11.trailing_data[0], self.client)
+        else:
+            self.srv.ws.start(self.sock, binary, self.h11.trailing_data[0], self.client)
         self.handed_off = True
 
     async def _next_event(self) -> Any:

@@ -40,11 +40,14 @@ class Partial:
 
 
 def feed(
-    partial: Partial | None, event: Message[Any], max_frame: int
+    partial: Partial | None,
+    event: Message[Any],
+    max_frame: int,
+    max_fragments: int = MAX_FRAGMENTS,
 ) -> tuple[Partial | None, str | bytes | None]:
     """Add one piece: (what is still arriving, the whole message once complete).
 
-    Raises :class:`TooBig` past ``max_frame`` bytes or :data:`MAX_FRAGMENTS` frames.
+    Raises :class:`TooBig` past ``max_frame`` bytes or ``max_fragments`` frames.
     """
     data = event.data
     if partial is None and event.message_finished:  # the usual case: handed over as is
@@ -59,8 +62,8 @@ def feed(
     if len(partial.data) > max_frame:
         raise TooBig(f"message over {max_frame} bytes")
     if not event.message_finished:
-        if partial.frames >= MAX_FRAGMENTS:
-            raise TooBig(f"message in over {MAX_FRAGMENTS} frames")
+        if partial.frames >= max_fragments:
+            raise TooBig(f"message in over {max_fragments} frames")
         return partial, None
     # wsproto validated the UTF-8 of a text message already.
     return None, partial.data.decode() if isinstance(data, str) else bytes(partial.data)

@@ -89,6 +89,10 @@ class Conn(Outbound):
         "peer",
     )
 
+    #: frames one message may come in (close 1009 beyond); the test-only echo endpoint
+    #: (chatd/net/echo.py) sets its own
+    max_fragments: int = reassembly.MAX_FRAGMENTS
+
     def __init__(
         self, srv: WsServer, sock: socket.socket, binary: bool, trailing: bytes, peer: str = ""
     ) -> None:
@@ -279,7 +283,7 @@ class Conn(Outbound):
     def _on_message(self, event: Message[Any], max_frame: int) -> None:
         """One piece of a data message (see ``chatd/net/reassembly.py``): handle it once whole."""
         try:
-            self.partial, data = reassembly.feed(self.partial, event, max_frame)
+            self.partial, data = reassembly.feed(self.partial, event, max_frame, self.max_fragments)
         except reassembly.TooBig as exc:
             self.partial = None
             self.close(1009, str(exc))
