@@ -20,6 +20,7 @@ from bench import (
     report,
     scale,
     scaling,
+    soak,
     storage,
     torture,
 )
@@ -268,6 +269,7 @@ def parser() -> argparse.ArgumentParser:
 
     torture.add_parser(sub)
     storage.add_parser(sub)
+    soak.add_parser(sub)
     return top
 
 

@@ -73,11 +73,13 @@ class Fleet:
         concurrency: int = 256,
         timeout: float = 300.0,
         keep_together: int = 1,
+        churnable: bool = False,
     ) -> dict[str, Any]:
         """Open ``(token, peer)`` sessions spread over the clients; wait for every ``welcome``.
 
         Consecutive groups of ``keep_together`` sessions go to one client (a pair's sender and
         receiver share a process, so one client's latencies use one clock and one loop).
+        ``churnable`` sessions (receive-only) are the ones a client's ``churn`` may reconnect.
         """
         n = len(self.clients)
         parts: list[list[tuple[str, str | None]]] = [[] for _ in range(n)]
@@ -85,7 +87,13 @@ class Fleet:
             k = min(range(n), key=lambda j: self.sessions[j] + len(parts[j]))
             parts[k].extend(sessions[i : i + keep_together])
         cmds = [
-            {"cmd": "connect", "sessions": part, "concurrency": concurrency, "timeout": 30}
+            {
+                "cmd": "connect",
+                "sessions": part,
+                "concurrency": concurrency,
+                "timeout": 30,
+                "churnable": churnable,
+            }
             for part in parts
         ]
         replies = self.ask(cmds, timeout)

@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import socket
 import struct
 import sys
@@ -59,6 +60,7 @@ class Conn(asyncio.Protocol):
         "ready",
         "out",
         "code",
+        "leaving",
     )
 
     def __init__(self, client: LoadClient, token: str, peer: str | None) -> None:
@@ -73,6 +75,7 @@ class Conn(asyncio.Protocol):
         self.ready: asyncio.Future[None] = client.loop.create_future()
         self.out: list[bytes] | None = None  # set while a read is being handled (corked)
         self.code = 0
+        self.leaving = False  # closed on purpose by ``churn``: not counted as lost
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -155,7 +158,10 @@ class Conn(asyncio.Protocol):
         self.state = CLOSED
         if not self.ready.done():
             self.ready.set_exception(ConnectError(f"closed before welcome ({self.code})"))
-        self.client.lost[str(self.code or "no close frame")] += 1
+        if self.leaving:
+            self.client.churned += 1
+        else:
+            self.client.lost[str(self.code or "no close frame")] += 1
 
 
 class LoadClient:
@@ -183,6 +189,10 @@ class LoadClient:
         self.hb_late_max = 0.0  # how late the heartbeat ticker ran at worst, seconds
         self._heartbeat: asyncio.Task[None] | None = None
         self._idle: asyncio.Event | None = None  # set when the last pending send is answered
+        self.churnable: list[Conn] = []  # idle connections ``churn`` may close and reopen
+        self.churned = 0  # connections closed by ``churn``
+        self._soak: asyncio.Task[None] | None = None
+        self.soak_skipped = 0
 
     # -- the send path
     def send(self, conn: Conn) -> None:
@@ -242,6 +252,7 @@ class LoadClient:
         timeout = float(cmd.get("timeout", 30))
         errors: Counter[str] = Counter()
         args = self.args
+        churnable = bool(cmd.get("churnable"))
 
         async def one(token: str, peer: str | None) -> None:
             async with sem:
@@ -257,6 +268,8 @@ class LoadClient:
                 self._hb_add(conn)
                 if peer:
                     self.senders.append(conn)
+                elif churnable:
+                    self.churnable.append(conn)
 
         t0 = time.monotonic()
         await asyncio.gather(*(one(token, peer) for token, peer in cmd["sessions"]))
@@ -374,6 +387,84 @@ class LoadClient:
         result["skipped"] = skipped
         return result
 
+    # -- soak: open-loop traffic in the background, sampled now and then; churn
+    def soak_start(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """Start sending ``rate`` msgs/s round-robin over the senders in the background, until
+        ``total`` sends are made or ``secs`` pass (both bounded). Every send is timed; the
+        latencies are handed over (and forgotten) by each :meth:`soak_sample`."""
+        self._reset(int(cmd.get("body", 32)))
+        self.pending.clear()
+        self.m_start, self.m_end = 0, 1 << 62
+        self.soak_skipped = 0
+        rate, total = float(cmd["rate"]), int(cmd["total"])
+        secs, max_pending = float(cmd["secs"]), int(cmd.get("max_pending", 20_000))
+        senders = self.senders
+
+        async def pace() -> None:
+            t0, issued, i = time.monotonic(), 0, 0
+            while issued < total and (now := time.monotonic()) < t0 + secs:
+                due = min(int((now - t0) * rate), total) - issued
+                for _ in range(due):
+                    conn = senders[i % len(senders)]
+                    i += 1
+                    if len(self.pending) >= max_pending or conn.state != OPEN:
+                        self.soak_skipped += 1
+                    else:
+                        self.send(conn)
+                issued += max(due, 0)
+                await asyncio.sleep(0.002)
+
+        if self._soak is not None:
+            self._soak.cancel()
+        self._soak = asyncio.ensure_future(pace()) if senders and rate > 0 else None
+        return {"senders": len(senders)}
+
+    def soak_sample(self) -> dict[str, Any]:
+        """Counts so far, and the latencies (us) of what was acked/delivered since the last
+        sample."""
+        ack, deliver = self.ack_lat, self.del_lat
+        self.ack_lat, self.del_lat = [], []
+        return {
+            **self._counts(),
+            "skipped": self.soak_skipped,
+            "pending": len(self.pending),
+            "error_codes": dict(self.error_codes),
+            "ack_us": [t // 1000 for t in ack],
+            "deliver_us": [t // 1000 for t in deliver],
+            "open": self.open(),
+            "churned": self.churned,
+            "lost": dict(self.lost),
+            "sending": self._soak is not None and not self._soak.done(),
+        }
+
+    async def soak_stop(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        if self._soak is not None:
+            self._soak.cancel()
+            self._soak = None
+        await self._drain(float(cmd.get("drain", 10)))
+        return self.soak_sample()
+
+    async def churn(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """Close ``count`` random idle connections (a WebSocket close, then FIN) and open
+        each again with its token: a device reconnecting (``hello`` with a token)."""
+        live = [c for c in self.churnable if c.state == OPEN]
+        leaving = random.sample(live, min(int(cmd["count"]), len(live)))
+        for conn in leaving:
+            conn.leaving = True
+            conn.transport.write(wire.close_frame(1000))
+            conn.transport.close()
+        gone = set(map(id, leaving))
+        self.churnable = [c for c in self.churnable if id(c) not in gone]
+        self.conns = [c for c in self.conns if id(c) not in gone and c.state != CLOSED]
+        if self.hb_slots is not None:  # drop the dead from their slots; survivors keep theirs
+            for slot in self.hb_slots:
+                slot[:] = [c for c in slot if id(c) not in gone and c.state != CLOSED]
+        sessions = [[c.token, None] for c in leaving]
+        reply = await self.connect(
+            {"sessions": sessions, "concurrency": cmd.get("concurrency", 64), "churnable": True}
+        )
+        return {"closed": len(leaving), **reply}
+
     def heartbeat(self, cmd: dict[str, Any]) -> dict[str, Any]:
         """Every connection sends a ping once per ``interval`` s, phases spread evenly.
 
@@ -428,6 +519,8 @@ class LoadClient:
         """Reset every connection (SO_LINGER 0: no TIME_WAIT left on the source ports)."""
         if self._heartbeat is not None:
             self._heartbeat.cancel()
+        if self._soak is not None:
+            self._soak.cancel()
         self.hb_slots = None
         self.running = False
         for conn in self.conns:
@@ -456,6 +549,14 @@ class LoadClient:
             return self.heartbeat(cmd)
         if name == "status":
             return self.status()
+        if name == "soak_start":
+            return self.soak_start(cmd)
+        if name == "soak_sample":
+            return self.soak_sample()
+        if name == "soak_stop":
+            return await self.soak_stop(cmd)
+        if name == "churn":
+            return await self.churn(cmd)
         if name == "close":
             return await self.close_all()
         raise ValueError(f"unknown command {name!r}")
