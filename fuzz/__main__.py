@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -41,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--merge", action="store_true", help="minimize finds into the corpus")
     parser.add_argument("--seed", type=int, default=0, help="libFuzzer's -seed (0: random)")
     args = parser.parse_args(argv)
+    # Where the in-process server keeps its scratch data (fuzz/inprocess.py).
+    os.environ.setdefault("CHATD_FUZZ_WORK", str(args.work))
     if args.replay:
         return replay(args.harness)
     return run(args, extra)

@@ -162,6 +162,9 @@ class InProcessServer:
                     view = memoryview(data)
                     while view:
                         view = view[await client.send(view) :]
+                    # Let the server act on everything (and commit it, so acks go out) before
+                    # the end of input ends the connection.
+                    await self._settle()
                     client.shutdown(socket.SHUT_WR)
                     while chunk := await client.recv(65536):
                         received += chunk
