@@ -12,8 +12,7 @@ measures the connection layer chat clients get (docs/conformance.md).
 from __future__ import annotations
 
 import socket
-
-from wsproto.events import BytesMessage, TextMessage
+import struct
 
 from chatd.net.websocket import Conn, WsServer
 
@@ -25,17 +24,37 @@ class EchoConn(Conn):
 
     __slots__ = ("max_fragments",)
 
+    #: no hello is coming: no hello deadline
+    awaits_hello = False
+
     def __init__(self, srv: WsServer, sock: socket.socket, trailing: bytes, peer: str) -> None:
         super().__init__(srv, sock, False, trailing, peer)
         # The conformance run sends 4 MiB in 64-byte fragments; /v1/ws keeps its own cap.
         self.max_fragments = srv.config.testing.echo_max_fragments
 
-    #: no hello is coming: the hello deadline does not apply
-    awaits_hello = False
-
     def _on_frame(self, data: str | bytes) -> None:
-        event = TextMessage(data) if isinstance(data, str) else BytesMessage(data)
-        self._write(self._proto().send(event))
+        # Written as chatd writes its chat frames, not through wsproto: making wsproto for a
+        # reply would move the connection off the fast path (Conn._on_bytes) for good, and
+        # the conformance run would test that path on one frame per case only.
+        if isinstance(data, str):
+            self._write(server_frame(OP_TEXT, data.encode()))
+        else:
+            self._write(server_frame(OP_BINARY, bytes(data)))
+
+
+OP_TEXT, OP_BINARY = 0x1, 0x2
+
+
+def server_frame(opcode: int, payload: bytes) -> bytes:
+    """One unfragmented, unmasked frame (RFC 6455 5.2), the minimal length encoding."""
+    n = len(payload)
+    if n < 126:
+        head = struct.pack("!BB", 0x80 | opcode, n)
+    elif n < 1 << 16:
+        head = struct.pack("!BBH", 0x80 | opcode, 126, n)
+    else:
+        head = struct.pack("!BBQ", 0x80 | opcode, 127, n)
+    return head + payload
 
 
 def start_echo(ws: WsServer, sock: socket.socket, trailing: bytes, peer: str = "") -> None:
