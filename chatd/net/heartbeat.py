@@ -14,11 +14,18 @@ within ``presence.timeout``. This costs almost nothing per connection:
   task of its own. Slots are sets and each connection points at its own, so one that
   disconnects leaves the wheel at once (the wheel never keeps a closed connection alive).
 
+The wheel also owns each connection's hard deadline (``Conn.due``): the hello deadline before
+the hello, the token's expiry after it. So an idle connection needs no cancel scope, timer or
+task of its own (``chatd/net/parking.py``); it asks the connection what its expiry is and, once
+passed, tells it to close with whichever reason applies (``expiry``/``expire``). A deadline is
+kept to the tick (``presence.sweep_interval``, 1 s by default): the first tick at or after it.
+
 Each tick also lets presence announce the users whose grace period ran out (``on_tick``).
 """
 
 from __future__ import annotations
 
+import math
 import socket
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -40,14 +47,16 @@ def set_keepalive(sock: socket.socket, cfg: PresenceConfig) -> None:
 class Watched(Protocol):
     """What the wheel needs of a connection (``chatd/net/websocket.py`` ``Conn``)."""
 
-    heard_at: float
-    timed_out: bool
     wheel_slot: set[Any] | None
 
     @property
     def closing(self) -> bool: ...
 
-    def close(self, code: int, reason: str = "") -> None: ...
+    def expiry(self, timeout: float) -> float:
+        """When it is due to be closed unless heard from (``inf``: never)."""
+
+    def expire(self, now: float) -> None:
+        """Its expiry passed: close it, with whichever reason applies."""
 
 
 class Heartbeats:
@@ -60,8 +69,11 @@ class Heartbeats:
         self._swept = int(trio.current_time() // self.tick)
 
     def watch(self, conn: Watched) -> None:
-        """File an authenticated connection by its earliest possible expiry."""
-        self._schedule(conn, conn.heard_at + self.timeout)
+        """File a connection (again) by its earliest possible expiry."""
+        self.forget(conn)
+        expires = conn.expiry(self.timeout)
+        if expires != math.inf:
+            self._schedule(conn, expires)
 
     @staticmethod
     def forget(conn: Watched) -> None:
@@ -84,11 +96,10 @@ class Heartbeats:
                 conn.wheel_slot = None
                 if conn.closing:
                     continue
-                expires = conn.heard_at + self.timeout
+                expires = conn.expiry(self.timeout)
                 if expires <= now:
-                    conn.timed_out = True
-                    conn.close(1008, "heartbeat timeout")
-                else:
+                    conn.expire(now)
+                elif expires != math.inf:
                     self._schedule(conn, expires)
         self._swept = max(self._swept, due)
         self.on_tick()
@@ -98,7 +109,8 @@ class Heartbeats:
         return sum(len(slot) for slot in self._wheel.values())
 
     def _schedule(self, conn: Watched, expires: float) -> None:
-        slot = max(int(expires // self.tick) + 1, self._swept + 1)
+        # The first tick at or after the expiry (a hello deadline of 10 s closes at 10 s).
+        slot = max(math.ceil(expires / self.tick), self._swept + 1)
         conns = self._wheel.get(slot)
         if conns is None:
             conns = self._wheel[slot] = set()

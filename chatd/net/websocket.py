@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import secrets
 import socket
 from collections.abc import Callable
@@ -51,6 +52,7 @@ from chatd.net.errormap import CLOSE_CODE, close_code, error_frame
 from chatd.net.heartbeat import Heartbeats
 from chatd.net.lifecycle import Lifecycle
 from chatd.net.outbound import Outbound
+from chatd.net.parking import Parking
 from chatd.protocol import frames
 from chatd.protocol.errors import ProtocolError
 from chatd.protocol.errors import error_frame as protocol_error_frame
@@ -69,11 +71,21 @@ _device_ids = itertools.count(1)
 
 class Conn(Outbound):
     """One WebSocket connection (one device once authenticated). The writing half, with its
-    bounded buffer and flusher, is :class:`~chatd.net.outbound.Outbound`."""
+    bounded buffer and flusher, is :class:`~chatd.net.outbound.Outbound`.
+
+    An idle connection has no task: it is *parked* (``chatd/net/parking.py``) and its bytes
+    are handled by the parking's one task. It gets a task of its own (:meth:`_serve`) only
+    while it must wait for something: a replay, acks under backpressure, its close. Its
+    deadlines (the hello's, then the token's expiry) and its liveness are the heartbeat
+    wheel's (``chatd/net/heartbeat.py``), so it holds no cancel scope while parked.
+    """
 
     __slots__ = (
         "srv",
         "ws",
+        "rest",
+        "parked",
+        "due",
         "token_digest",
         "scope",
         "closing",
@@ -92,6 +104,8 @@ class Conn(Outbound):
     #: frames one message may come in (close 1009 beyond); the test-only echo endpoint
     #: (chatd/net/echo.py) sets its own
     max_fragments: int = reassembly.MAX_FRAGMENTS
+    #: whether the connection must say hello within ``server.hello_timeout`` (echo: no)
+    awaits_hello: bool = True
 
     def __init__(
         self, srv: WsServer, sock: socket.socket, binary: bool, trailing: bytes, peer: str = ""
@@ -99,19 +113,21 @@ class Conn(Outbound):
         super().__init__(sock, binary)
         self.srv = srv
         self.peer = peer  # the client's address (the HTTP connection's string), for logs
-        self.ws = Connection(ConnectionType.SERVER, trailing_data=trailing)
-        # wsproto queues events in a deque only for receive_data(None), which chatd never
-        # calls (end of stream ends the read loop instead). An empty deque costs ~760 bytes
-        # per connection; an empty tuple answers the same "while self._events" check.
-        self.ws._events = ()  # type: ignore[assignment]
+        #: wsproto, made only when a frame needs it (see _on_bytes): most never do
+        self.ws: Connection | None = None
+        #: the start of a frame that has not fully arrived (the fast path's buffer)
+        self.rest = trailing
+        self.parked = False
+        #: the hard deadline (trio time): the hello's, then the token's expiry
+        self.due = math.inf
         self.session = Session(MAX_INFLIGHT)  # the protocol state: chatd/protocol/session.py
         self.token_digest = b""
-        self.scope: trio.CancelScope | None = None
+        self.scope: trio.CancelScope | None = None  # only while it has a task (_serve)
         self.closing = False
         self.close_code = 0
         self.close_reason = ""
         self.partial: reassembly.Partial | None = None  # a message still arriving in pieces
-        self.replay_from: int | None = None  # set by hello's since: the read loop replays
+        self.replay_from: int | None = None  # set by hello's since: _serve replays
         self.heard_at = 0.0
         self.timed_out = False
         self.acks_waiter: trio.Event | None = None
@@ -120,41 +136,136 @@ class Conn(Outbound):
 
     # -- lifecycle
     async def run(self) -> None:
-        """The connection's task: read until closed, leave the session table, shut down.
+        """The connection's first task: the bytes that came with the upgrade request (a
+        pipelined hello), then :meth:`_serve` until it parks or closes."""
+        srv = self.srv
+        self.heard_at = now = trio.current_time()
+        if self.awaits_hello:
+            self.due = now + srv.config.server.hello_timeout
+        srv.heartbeats.watch(self)
+        try:
+            if self.rest:
+                data, self.rest = self.rest, b""
+                self._on_bytes(data)
+        except Exception:
+            self._crashed()
+        await self._serve()
+
+    async def _serve(self) -> None:
+        """A task of the connection's own: replay, wait out backpressure, then park; or, once
+        it is closing, leave the session table and shut down.
 
         This is the connection's last-resort handler: an unexpected exception (a bug) anywhere
-        in it, or in its flusher, is logged once with the peer address and closes this
-        connection with 1011. It never reaches the shared nursery, so nothing else stops.
+        in it, in its handling of bytes while parked, or in its flusher, is logged once with
+        the peer address and closes this connection with 1011. It never reaches the shared
+        nursery or the parking, so nothing else stops.
         """
         srv = self.srv
         try:
             with trio.CancelScope() as self.scope:
-                self.scope.deadline = trio.current_time() + srv.config.server.hello_timeout
-                await self._read_loop(srv.config.limits.max_frame_bytes)
-            if self.scope.cancelled_caught and not self.closing and self.user_id:
-                self.end("unauthorized", "token expired")  # the deadline _hello set
-            elif self.scope.cancelled_caught and not self.closing:
-                self.reply(error_frame(BadRequest("no hello within the deadline")))
-                self.close(1008, "hello timeout")
+                while not self.closing and not self.dead:
+                    if self.replay_from is not None:
+                        await self._replay()
+                    elif self.session.paused:
+                        # Backpressure: stop reading until acks come back, so a fast sender
+                        # fills its own TCP window instead of the commit queue.
+                        self.acks_waiter = trio.Event()
+                        await self.acks_waiter.wait()
+                        self.acks_waiter = None
+                    elif srv.parking.park(self):
+                        self.scope = None
+                        return
+                    else:  # the parking is not running (yet, or any more): read here
+                        await trio.lowlevel.wait_readable(self.sock)
+                        if not self._on_readable():
+                            self.dead = True
+        except Exception:
+            self._crashed()
+        self.scope = None
+        await self._finish()
+
+    def on_parked(self) -> None:
+        """The parking saw this socket readable: handle what came; a task if it must wait."""
+        try:
+            if not self._on_readable():
+                self.dead = True
+        except Exception:
+            self._crashed()
+        if self.parked and (
+            self.closing or self.dead or self.replay_from is not None or self.session.paused
+        ):
+            self._wake()
+
+    def _wake(self) -> None:
+        """Something changed that the connection must act on (it is closing, replaying or
+        paused): cancel the wait of its task, or give a parked one a task."""
+        if self.scope is not None:
+            self.scope.cancel()
+        elif self.parked:
+            self.srv.parking.unpark(self)
+            self.srv.nursery.start_soon(self._serve)
+
+    async def _finish(self) -> None:
+        srv = self.srv
+        try:
+            srv.heartbeats.forget(self)
+            if self.user_id:
+                srv.sessions.remove(self)
+                srv.presence.disconnected(self, timed_out=self.timed_out)
+        except Exception:
+            self._crashed()
+        try:
+            await self._shutdown()
         except Exception:
             self._crashed()
         finally:
-            try:
-                if self.user_id:
-                    srv.heartbeats.forget(self)
-                    srv.sessions.remove(self)
-                    srv.presence.disconnected(self, timed_out=self.timed_out)
-            except Exception:
-                self._crashed()
-            try:
-                await self._shutdown()
-            except Exception:
-                self._crashed()
-            finally:
-                self._release()
-                srv.lifecycle.websockets.discard(self)
-                srv.lifecycle.connections.release(self.sock)
-                srv.lifecycle.check_idle()
+            self._done()
+
+    def abandon(self) -> None:
+        """The parking is shutting down (cancelled) with this connection parked: close it
+        now, no close frame, nothing awaited."""
+        self.closing = True
+        self.dead = True
+        try:
+            self.session.close()
+            self.srv.heartbeats.forget(self)
+            if self.user_id:
+                self.srv.sessions.remove(self)
+                self.srv.presence.disconnected(self, timed_out=self.timed_out)
+        except Exception:
+            self._crashed()
+        finally:
+            net.close(self.sock)
+            self._done()
+
+    def _done(self) -> None:
+        srv = self.srv
+        self._release()
+        srv.lifecycle.websockets.discard(self)
+        srv.lifecycle.connections.release(self.sock)
+        srv.lifecycle.check_idle()
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    # -- the heartbeat wheel's questions (chatd/net/heartbeat.py)
+    def expiry(self, timeout: float) -> float:
+        """When this connection is due to be closed unless heard from: its hard deadline, and
+        ``timeout`` after it was last heard from once authenticated."""
+        if self.session.user_id:
+            return min(self.due, self.heard_at + timeout)
+        return self.due
+
+    def expire(self, now: float) -> None:
+        """Its :meth:`expiry` passed: the hello or the token ran out, or it went silent."""
+        if now < self.due:
+            self.timed_out = True
+            self.close(1008, "heartbeat timeout")
+        elif self.user_id:
+            self.end("unauthorized", "token expired")
+        else:
+            self.reply(error_frame(BadRequest("no hello within the deadline")))
+            self.close(1008, "hello timeout")
 
     def _crashed(self) -> None:
         """Last resort, in an ``except`` block: log the bug (once per connection) with the peer
@@ -168,8 +279,7 @@ class Conn(Outbound):
         self.session.close()
         self.closing = True
         self.close_code, self.close_reason = 1011, "internal error"
-        if self.scope is not None:
-            self.scope.cancel()
+        self._wake()
 
     def _release(self) -> None:
         """Drop what an ended connection no longer needs (buffers, wsproto state), so whatever
@@ -177,6 +287,7 @@ class Conn(Outbound):
         self.out, self.out_bytes, self.partial = None, 0, None
         self.drained = self.acks_waiter = None
         self.scope = None
+        self.rest = b""
         del self.ws  # nothing reads it once the socket is closed
 
     @property
@@ -190,16 +301,17 @@ class Conn(Outbound):
         if not self.closing:
             self.closing = True
             self.close_code, self.close_reason = code, reason
-        if self.scope is not None:
-            self.scope.cancel()
+        self._wake()
 
     async def _shutdown(self) -> None:
         """Send the close frame (if any), flush briefly, half-close, drain the peer, close."""
         try:
             with trio.move_on_after(CLOSE_FLUSH_TIMEOUT):
-                if self.close_code and not self.dead and self.ws.state is ConnectionState.OPEN:
-                    self.corked = False
-                    self._write(self.ws.send(CloseConnection(self.close_code, self.close_reason)))
+                if self.close_code and not self.dead:
+                    ws = self._proto()
+                    if ws.state is ConnectionState.OPEN:
+                        self.corked = False
+                        self._write(ws.send(CloseConnection(self.close_code, self.close_reason)))
                 await self._wait_drained()
                 if not self.dead:
                     self.sock.shutdown(socket.SHUT_WR)
@@ -211,30 +323,20 @@ class Conn(Outbound):
             self.dead = True
             net.close(self.sock)
 
-    # -- reading
-    async def _read_loop(self, max_frame: int) -> None:
-        # net.recv is inlined and each batch handled in a plain method, so an idle
-        # connection holds one coroutine frame less and no reference to its last bytes/events.
-        # Bytes that came in the same segment as the upgrade request (a pipelined hello) are
-        # already in wsproto's buffer: they are handled before waiting for the socket.
-        self.heard_at = trio.current_time()
-        self._on_events(max_frame)
-        while not self.closing:
-            if self.replay_from is not None:
-                await self._replay()
-            elif self.session.paused:
-                # Backpressure: stop reading until acks come back, so a fast sender fills
-                # its own TCP window instead of the commit queue.
-                self.acks_waiter = trio.Event()
-                await self.acks_waiter.wait()
-                self.acks_waiter = None
-            else:
-                await trio.lowlevel.wait_readable(self.sock)
-                if not self._on_readable(max_frame):
-                    self.dead = True
-                    return
+    def _proto(self) -> Connection:
+        """The connection's wsproto state, made on first use: from then on every byte read
+        goes through it (see :meth:`_on_bytes`)."""
+        ws = self.ws
+        if ws is None:
+            ws = self.ws = Connection(ConnectionType.SERVER)
+            # wsproto queues events in a deque only for receive_data(None), which chatd never
+            # calls (end of stream ends the read loop instead). An empty deque costs ~760
+            # bytes; an empty tuple answers the same "while self._events" check.
+            ws._events = ()  # type: ignore[assignment]
+        return ws
 
-    def _on_readable(self, max_frame: int) -> bool:
+    # -- reading
+    def _on_readable(self) -> bool:
         """Handle everything one ``recv`` brings. False at EOF."""
         try:
             data = self.sock.recv(net.RECV_SIZE)
@@ -244,10 +346,91 @@ class Conn(Outbound):
             return False
         if not data:
             return False
-        self.heard_at = trio.current_time()
-        self.ws.receive_data(data)
-        self._on_events(max_frame)
+        self.heard_at = trio.current_time()  # liveness: one float, nothing else woken
+        if self.ws is None:
+            self._on_bytes(data)
+        else:
+            self.ws.receive_data(data)
+            self._on_events(self.srv.max_frame)
         return True
+
+    def _on_bytes(self, data: bytes) -> None:
+        """The fast path: complete, unfragmented, masked text, binary and ping frames of at
+        most ``fast_max`` bytes are parsed here, replies corked into one write.
+
+        Anything else (a close, a pong, a fragment, a reserved bit, an over-long or
+        non-minimal length, invalid UTF-8) hands the bytes from that frame on to wsproto,
+        which then reads this connection for good: so every case wsproto refuses is refused
+        by wsproto itself, with its close code and reason, and every frame taken here is one
+        wsproto would have turned into the same event (no extensions are negotiated). A frame
+        not fully arrived waits in ``rest`` (at most ``fast_max`` + 8 bytes).
+        """
+        if self.rest:
+            data = self.rest + data
+            self.rest = b""
+        fast_max = self.srv.fast_max
+        n = len(data)
+        i = 0
+        self.corked = True
+        try:
+            while i < n:
+                if n - i < 2:
+                    break
+                b0 = data[i]
+                b1 = data[i + 1]
+                if b1 < 0x80 or (b0 != 0x82 and b0 != 0x81 and b0 != 0x89):
+                    return self._to_wsproto(data[i:])
+                size = b1 & 0x7F
+                h = i + 2
+                if size == 126:
+                    if b0 == 0x89 or n - h < 2:
+                        if b0 == 0x89:
+                            return self._to_wsproto(data[i:])
+                        break
+                    size = (data[h] << 8) | data[h + 1]
+                    if size < 126:
+                        return self._to_wsproto(data[i:])
+                    h += 2
+                elif size == 127:
+                    return self._to_wsproto(data[i:])
+                if size > fast_max:
+                    return self._to_wsproto(data[i:])
+                end = h + 4 + size
+                if end > n:
+                    break
+                payload = data[h + 4 : end]
+                mask = data[h : h + 4]
+                if size and mask != b"\0\0\0\0":
+                    payload = (
+                        int.from_bytes(payload, "little")
+                        ^ int.from_bytes((mask * ((size >> 2) + 1))[:size], "little")
+                    ).to_bytes(size, "little")
+                if b0 == 0x82:
+                    self._on_frame(payload)
+                elif b0 == 0x81:
+                    try:
+                        text = payload.decode()
+                    except UnicodeDecodeError:
+                        return self._to_wsproto(data[i:])  # wsproto closes 1007
+                    self._on_frame(text)
+                else:  # a ping: the pong, as wsproto writes it (unmasked, same payload)
+                    self._write(bytes((0x8A, size)) + payload)
+                i = end
+                if self.closing:
+                    return None
+                if self.ws is not None:  # made meanwhile (the echo writes with it)
+                    return self._to_wsproto(data[i:])
+            if i < n:
+                self.rest = data[i:]
+        finally:
+            self._uncork()
+        return None
+
+    def _to_wsproto(self, data: bytes) -> None:
+        ws = self._proto()
+        if data:
+            ws.receive_data(data)
+        self._on_events(self.srv.max_frame)
 
     def _on_events(self, max_frame: int) -> None:
         """Handle the events in wsproto's buffer, replies corked into one write."""
@@ -357,12 +540,12 @@ class Conn(Outbound):
             hello, user_id=user, device_id=device_id, inbox_head=srv.store.inbox_head(user)
         )
         self.token_digest = token_digest(hello.token)
-        assert self.scope is not None
-        # From now on the read loop's deadline is the token's expiry (wall-clock ms turned into
-        # trio time): run() then signs the device out. No timer or task of its own.
-        self.scope.deadline = trio.current_time() + (expires_at - now_ms()) / 1000
+        # From now on the connection's deadline is the token's expiry (wall-clock ms turned
+        # into trio time): the heartbeat wheel then signs the device out (expire). No timer
+        # or task of its own.
+        self.due = trio.current_time() + (expires_at - now_ms()) / 1000
         srv.sessions.add(self)
-        srv.heartbeats.watch(self)
+        srv.heartbeats.watch(self)  # filed again, by its new deadline and liveness
         srv.presence.connected(self)
         self.reply(welcome.frame)
         if welcome.replay_from is None:
@@ -470,6 +653,13 @@ class WsServer:
         self.config = config
         self.out_cap = config.limits.outbound_queue_bytes
         self.write_stall = config.limits.write_stall_timeout
+        self.max_frame = config.limits.max_frame_bytes
+        #: the largest frame the fast path parses (Conn._on_bytes): short ones are whole
+        #: messages that need no reassembly; a 16-bit length at most
+        self.fast_max = min(self.max_frame // 4, 0xFFFF)
+        #: idle connections wait here, not in a task each (chatd/net/parking.py)
+        self.parking = Parking()
+        self._parking_started = False
         self.store = store
         self.accounts = accounts
         self.sessions = sessions
@@ -491,7 +681,14 @@ class WsServer:
 
     def start(self, sock: socket.socket, binary: bool, trailing: bytes, peer: str = "") -> None:
         """Run an upgraded socket as a WebSocket connection in a task of its own."""
-        conn = Conn(self, sock, binary, trailing, peer)
+        self.run_conn(Conn(self, sock, binary, trailing, peer))
+
+    def run_conn(self, conn: Conn) -> None:
+        """Track ``conn`` (drained like any WebSocket) and run it; the parking that idle
+        connections wait in starts with the first."""
+        if not self._parking_started:
+            self._parking_started = True
+            self.nursery.start_soon(self.parking.run)
         self.lifecycle.websockets.add(conn)
         self.nursery.start_soon(conn.run)
 
