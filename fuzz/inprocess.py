@@ -11,12 +11,15 @@ closed 1011), a ``500`` status line, or an exchange that does not end (a wedge) 
 
 from __future__ import annotations
 
+import errno
+import ipaddress
 import json
 import logging
 import os
 import re
 import shutil
 import socket
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -32,6 +35,32 @@ WEDGE_SECONDS = 5.0
 CLIENT = "127.0.0.1"
 PASSWORD = "correct horse"
 STATUS_500 = re.compile(rb"HTTP/1\.[01] 500 ")
+
+
+def loopback_only(event: str, args: tuple[object, ...]) -> None:
+    """An audit hook: this process reaches no address off this machine, nor a resolver.
+
+    The fuzzer can make anything the API allows, a push subscription to a public URL too, and
+    the push worker would then connect to it. Here such a lookup fails as an unknown host and
+    such a connect as an unreachable network, which chatd must handle anyway.
+    """
+    if event == "socket.getaddrinfo":
+        host = args[0]
+        if isinstance(host, bytes):
+            host = host.decode("ascii", "replace")
+        if host is not None and not _loopback(str(host)):
+            raise socket.gaierror(socket.EAI_NONAME, "fuzzing: no name resolution")
+    elif event == "socket.connect":
+        address = args[1]
+        if isinstance(address, tuple) and not _loopback(str(address[0])):
+            raise OSError(errno.ENETUNREACH, "fuzzing: no network")
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 class Crash(AssertionError):
@@ -51,7 +80,8 @@ class ErrorLog(logging.Handler):
 
 def config(data: Path) -> Config:
     """The test config: generous rate limits (a 429 hides the code behind it) except for
-    password hashing, short timeouts, no fsync (a scratch directory)."""
+    password hashing, short timeouts, no fsync (a scratch directory), the client a trusted
+    proxy (so ``X-Forwarded-For`` is read)."""
     limits = LimitsConfig(
         send_rate=1e9, send_burst=10**9, read_rate=1e9, read_burst=10**9,
         history_rate=1e9, history_burst=10**9, typing_rate=1e9, typing_burst=10**9,
@@ -60,7 +90,7 @@ def config(data: Path) -> Config:
     )  # fmt: skip
     server = ServerConfig(
         listen="127.0.0.1:0", data=str(data), drain_timeout=2.0, header_timeout=1.0,
-        keepalive_timeout=1.0, hello_timeout=1.0,
+        keepalive_timeout=1.0, hello_timeout=1.0, trusted_proxies=(CLIENT,),
     )  # fmt: skip
     storage = StorageConfig(sync=False, unsafe_fast_commit=True)
     security = SecurityConfig(argon2_memory_kib=7168, argon2_time_cost=5)
@@ -93,6 +123,7 @@ class InProcessServer:
     """``serve()`` in a daemon thread; :meth:`exchange` runs one connection's bytes."""
 
     def __init__(self) -> None:
+        sys.addaudithook(loopback_only)  # for the life of the process: it cannot be removed
         self.data = scratch_dir()
         shutil.rmtree(self.data, ignore_errors=True)
         self.errors = ErrorLog()
@@ -152,7 +183,9 @@ class InProcessServer:
         ours, theirs = socket.socketpair()
         ours.setblocking(False)
         theirs.setblocking(False)
-        http.lifecycle.connections.admit(theirs, CLIENT)  # released by the connection
+        # Counted as the accept loop counts it (the connection releases it). The "peer" is a
+        # trusted proxy, so the forwarding header is parsed too.
+        http.lifecycle.connections.admit(theirs, CLIENT, proxy=True)
         client = trio.socket.from_stdlib_socket(ours)
         received = bytearray()
         try:
