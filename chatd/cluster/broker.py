@@ -12,7 +12,9 @@ Ephemeral traffic (typing, presence) is published on ``chatd:live:{shard}``: not
 for a shard that is not listening, which is what such signals want.
 
 A Redis outage is a state, not an error: :class:`Broker` marks itself down, keeps retrying with
-capped, jittered backoff, and comes back up by itself. Only :meth:`Broker.send` raises
+capped, jittered backoff, and comes back up by itself. Its deadlines count the loop's progress
+(:class:`~chatd.cluster.steady.SteadyClock`), so a shard whose own loop stalls does not take
+Redis for down. Only :meth:`Broker.send` raises
 (:class:`BrokerDown`), because its caller must keep the records (in its outbox) to send later.
 """
 
@@ -36,12 +38,18 @@ from coredis.retry import NoRetryPolicy
 from coredis.tokens import PureToken
 from coredis.typing import Key
 
+from chatd.cluster.steady import SteadyClock
+
 log = logging.getLogger("chatd.cluster")
 
 #: The one field of a stream entry: the caller's payload (msgpack, opaque here).
 FIELD = b"r"
 #: Longest pause between two reconnection attempts, before jitter.
 MAX_BACKOFF = 2.0
+#: coredis' own limits (connect, reply, subscription), in real seconds: a backstop only. The
+#: broker's deadlines count loop progress (:mod:`chatd.cluster.steady`), and coredis' would
+#: otherwise trip whenever the loop stalls for their length, dropping a healthy connection.
+BACKSTOP = 60.0
 
 #: What a Redis outage looks like from here: coredis' errors (ConnectionError, including
 #: BusyLoadingError while a restarted server replays its AOF, and the server's own error
@@ -108,8 +116,9 @@ def _closing(cls: type[C]) -> type[C]:
 
 def connect(url: str, timeout: float, read_timeout: float) -> coredis.Redis[bytes]:
     """A client (to be entered: ``async with``) for ``url`` whose calls give up after
-    ``timeout`` seconds to connect and ``read_timeout`` seconds to answer, without retrying:
-    retries are the broker's (its loops, or the caller's outbox for :meth:`Broker.send`)."""
+    ``timeout`` seconds to connect and ``read_timeout`` seconds to answer (real time), without
+    retrying: retries are the broker's (its loops, or the caller's outbox for
+    :meth:`Broker.send`)."""
     pool = coredis.ConnectionPool.from_url(
         url, connect_timeout=timeout, stream_timeout=read_timeout
     )
@@ -172,6 +181,8 @@ class Broker:
         self._retry = retry
         self._timeout = timeout
         self._client: coredis.Redis[bytes] | None = None
+        #: Deadlines of Redis calls count the loop's progress, not wall time (see steady.py).
+        self.clock = SteadyClock()
         self._up = False
         self._since = time.time()
         #: Records handed to Redis by :meth:`send`.
@@ -236,12 +247,12 @@ class Broker:
         again, and never raises for it. Exceptions of the handlers propagate.
         ``task_status.started()`` comes once the first connection attempt has finished, up or
         down, so the server can start while Redis is down."""
-        # A blocked XREADGROUP waits block_ms before its (empty) reply.
-        client = connect(self.url, self._timeout, self._timeout + self._block_ms / 1000)
+        client = connect(self.url, BACKSTOP, BACKSTOP)
         async with client:
             self._client = client
             try:
                 async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self.clock.run)
                     nursery.start_soon(self._listen, client, on_live)
                     await self._consume(client, on_records, task_status)
             finally:
@@ -278,7 +289,7 @@ class Broker:
             failures += 1
 
     async def _ensure_group(self, client: coredis.Redis[bytes]) -> None:
-        with trio.fail_after(self._timeout):
+        with self.clock.fail_after(self._timeout):
             try:
                 await client.xgroup_create(self.stream, self._group, "0", mkstream=True)
             except StreamDuplicateConsumerGroupError:
@@ -330,7 +341,7 @@ class Broker:
             args += [b"BLOCK", block_ms]
         args += [b"STREAMS", Key(self.stream), after]
         request = client.create_request(CommandName.XREADGROUP, *args, callback=_entries)
-        with trio.fail_after(self._timeout + (block_ms or 0) / 1000):
+        with self.clock.fail_after(self._timeout + (block_ms or 0) / 1000):
             return await request
 
     async def _deliver(
@@ -351,7 +362,7 @@ class Broker:
             self.received += len(records)
             done += await on_records(records)
         if done:
-            with trio.fail_after(self._timeout):
+            with self.clock.fail_after(self._timeout):
                 self.acked += await client.xack(self.stream, self._group, done)
 
     async def _listen(self, client: coredis.Redis[bytes], on_live: Callable[[bytes], None]) -> None:
@@ -365,7 +376,7 @@ class Broker:
                     channels=[self.channel],
                     ignore_subscribe_messages=True,
                     retry_policy=None,  # ours, below, with the same backoff as the stream
-                    subscription_timeout=self._timeout,
+                    subscription_timeout=BACKSTOP,
                 ) as pubsub:
                     failures = 0
                     while True:
@@ -393,8 +404,8 @@ class Broker:
             raise BrokerDown("the broker is not running")
         failure: BaseException | None = None
         try:
-            with trio.fail_after(self._timeout):
-                async with client.pipeline(transaction=False, timeout=self._timeout) as pipe:
+            with self.clock.fail_after(self._timeout):
+                async with client.pipeline(transaction=False, timeout=BACKSTOP) as pipe:
                     for dest, payload in records:
                         pipe.xadd(
                             stream_key(dest),
@@ -420,7 +431,7 @@ class Broker:
             return False
         failure: BaseException | None = None
         try:
-            with trio.fail_after(self._timeout):
+            with self.clock.fail_after(self._timeout):
                 await client.publish(live_channel(dest_shard), payload)
         except* OUTAGE as outage:
             failure = outage

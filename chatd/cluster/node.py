@@ -74,7 +74,7 @@ def build_node(
         discovery.secret,
     )
     broker = Broker(discovery.broker_url, here)
-    publisher = Publisher(store, broker)
+    publisher = Publisher(store, broker, clock=broker.clock.now)
     relay = ClusterRelay(here, router.home, publisher.kick)
     forwarding = Forwarding(peers, None, router.home, nursery)  # type: ignore[arg-type]
     live = Live(router.home, sessions, broker, peers, nursery)

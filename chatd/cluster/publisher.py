@@ -9,7 +9,7 @@ destinations apply idempotently. Sends are pipelined XADDs, one round trip per w
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import trio
@@ -28,11 +28,20 @@ class Sender(Protocol):
 
 class Publisher:
     def __init__(
-        self, store: Store, broker: Sender, *, resend_after: float = 5.0, batch: int = 1024
+        self,
+        store: Store,
+        broker: Sender,
+        *,
+        resend_after: float = 5.0,
+        batch: int = 1024,
+        clock: Callable[[], float] = trio.current_time,
     ) -> None:
         self.store = store
         self.broker = broker
         self.resend_after = resend_after
+        #: What ``resend_after`` is measured on: the broker's loop-progress clock in a shard,
+        #: so a stalled loop does not resend everything it sent just before the stall.
+        self.clock = clock
         self.batch = batch
         #: outbox seq -> [destination, payload, when last sent]
         self.unconfirmed: dict[int, list[Any]] = {}
@@ -66,7 +75,7 @@ class Publisher:
         """A record went to its destination in a reply (a forwarded send): send it through
         Redis only if it is not confirmed within ``resend_after``."""
         seq = wire.unpack(payload)[2]
-        now = trio.current_time()
+        now = self.clock()
         entry = self.unconfirmed.get(seq)
         if entry is not None:
             entry[2] = max(entry[2], now)
@@ -112,7 +121,7 @@ class Publisher:
     async def _send_due(self) -> None:
         """One pipelined XADD round trip per ``batch`` records due (new, or unconfirmed for
         ``resend_after``), the queued confirmations riding with the first."""
-        now = trio.current_time()
+        now = self.clock()
         due = [e for e in self.unconfirmed.values() if e[2] + self.resend_after <= now]
         confirmations, self.confirmations = self.confirmations, []
         chunks = [due[i : i + self.batch] for i in range(0, len(due), self.batch)] or [[]]

@@ -3,12 +3,14 @@ outage with a SIGKILLed server and its AOF restart, and the MAXLEN bound."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import coredis
 import pytest
 import trio
+import trio.lowlevel
 from coredis.tokens import PureToken
 
 from chatd.cluster.broker import Broker, BrokerDown, stream_key
@@ -216,6 +218,31 @@ async def test_a_hung_redis_times_out_instead_of_hanging(redis_server: RedisServ
         # "maybe" may have been stored (the server had it in its socket buffer): at least once.
         await inbox.wait(lambda: b"after" in inbox.payloads)
         assert inbox.payloads in ([b"before", b"after"], [b"before", b"maybe", b"after"])
+
+
+async def test_a_stalled_loop_does_not_take_redis_for_down(redis_server: RedisServer) -> None:
+    """The shard's own loop stalls (CPU starved) for longer than a Redis call may take: the
+    replies wait in the socket meanwhile. Nothing is marked down, no connection is dropped,
+    and the send that was in flight during the stall succeeds."""
+    a = Broker(redis_server.url, "a", timeout=0.5, block_ms=100)
+    b = Broker(redis_server.url, "b", timeout=0.5, block_ms=100)
+    async with running(a), running(b) as inbox:
+        await a.send([("b", b"before")])
+        await inbox.wait(lambda: inbox.payloads == [b"before"])
+        since = (a.health()["since"], b.health()["since"])
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a.send, [("b", b"during")])
+            await (
+                trio.lowlevel.checkpoint()
+            )  # the XADD is written; its reply will wait for the loop
+            time.sleep(2.0)  # noqa: ASYNC251 - the stall under test: 4x the broker's timeout
+        await inbox.wait(lambda: b"during" in inbox.payloads)
+        await a.send([("b", b"after")])
+        await inbox.wait(lambda: b"after" in inbox.payloads)
+        assert inbox.payloads == [b"before", b"during", b"after"]
+        assert (a.up, b.up, a.errors, b.errors) == (True, True, 0, 0)
+        assert (a.health()["since"], b.health()["since"]) == since
+        assert a.clock.worst_stall >= 1.5
 
 
 async def test_a_flushed_redis_gets_its_group_back(redis_server: RedisServer) -> None:
