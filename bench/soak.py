@@ -19,10 +19,11 @@ WebSocket close) and reconnect with their token. Every ``--sample-secs`` the ben
 - send->deliver p50/p99 of the interval, and the achieved rate.
 
 ``--memdebug`` also asks the server's admin socket for ``debug.memory`` (gc object counts, the
-sizes of per-user tables, tracemalloc's top growth when the server runs with
-``CHATD_TRACEMALLOC``) at the first and last samples. JSON and PNG go to
-``bench/results/soak/``. Everything is bounded: ``--duration`` caps the traffic and the load
-clients' lifetime.
+sizes of per-user tables, glibc's heap figures, tracemalloc's top growth when the server runs
+with ``CHATD_TRACEMALLOC``) at the first sample and after the last one (then with a full gc
+pass and ``malloc_trim``, which tells free heap held by malloc from live objects). JSON and
+PNG go to ``bench/results/soak/``. Everything is bounded: ``--duration`` caps the traffic and
+the load clients' lifetime.
 """
 
 from __future__ import annotations
@@ -267,8 +268,8 @@ def soak(
     final = one_sample(run, target, fleet, stop, prev, time.monotonic() - start)
     final["final"] = True
     samples.append(final)
-    if args.memdebug:
-        debug["last"] = memdebug(run)
+    if args.memdebug:  # then what malloc_trim gives back: free heap held vs live objects
+        debug["last"] = memdebug(run, {"collect": True, "trim": True})
     return {"held": held, "samples": samples, "churns": churns, "memdebug": debug or None}
 
 
@@ -307,9 +308,9 @@ def one_sample(
     deliver = [t for r in replies for t in r["deliver_us"]]
     ack = [t for r in replies for t in r["ack_us"]]
     secs = max(now - prev["t"], 1e-9)
-    cpu = prev["cpu"].stop()
+    cpu = prev["cpu"].stop()  # its own window: from the last reading to this one
     busy = _cpu_busy()
-    other = max(0.0, (busy - prev["busy"]) - cpu["cpu_s"]) / secs * 100
+    other = max(0.0, (busy - prev["busy"]) - cpu["cpu_s"]) / max(cpu["secs"], 1e-9) * 100
     row: dict[str, Any] = {
         "t": round(now, 2),
         "acked_total": acked,

@@ -25,9 +25,10 @@ from chatd.config import Config
 from chatd.domain.ratelimit import RateLimiter
 from chatd.net import listener as listening
 from chatd.net import sockets as net
-from chatd.ops import drain, notify
+from chatd.ops import drain, memdebug, notify
 from chatd.ops.admin import AdminServer
 from chatd.ops.datalock import DataLock
+from chatd.ops.memdebug import MemoryReport
 from chatd.ops.users import UserAdmin
 from storage import Store
 
@@ -76,6 +77,26 @@ class Server:
             "storage": app.store.stats(),
         }
 
+    def tables(self) -> dict[str, int]:
+        """Entries of the tables that grow with users and connections, for ``debug.memory``."""
+        app = self.app
+        lim = self.limiters()
+        out = {f"ratelimit_{name}_keys": len(limiter) for name, limiter in lim.items()}
+        return out | {
+            "sessions_users": app.sessions.users(),
+            "sessions_devices": sum(1 for _ in app.sessions),
+            "websockets": len(app.lifecycle.websockets),
+            "presence_leaving": len(app.presence._leaving),
+            "receipts_waiting": len(app.receipts._waiting),
+            "id_cache_entries": len(app.store.env.counters.committed),
+            "heartbeat_slots": len(app.heartbeats._wheel),
+            "heartbeat_watched": sum(len(s) for s in app.heartbeats._wheel.values()),
+            "close_codes": len(app.lifecycle.websockets.closes),
+            "push_streams": len(app.push.worker.streams) if app.push else 0,
+            "push_delivered_users": len(app.push.deliveries.highest) if app.push else 0,
+            "push_online_users": len(app.push.audience.online()) if app.push else 0,
+        }
+
 
 def _tune_gc() -> None:
     """Fewer, cheaper collections: what start-up built (config, app, caches) is frozen out of
@@ -94,6 +115,7 @@ async def serve(
     """Run chatd until :meth:`Server.drain`; ``task_status.started(server)`` once listening."""
     cfg = config.server
     discovery = config.discovery()
+    memdebug.start_from_environment()  # CHATD_TRACEMALLOC=<frames>: off unless set
     lock = DataLock(cfg.data).acquire()
     try:
         listener = listening.open_listener(cfg.host, cfg.port)
@@ -145,7 +167,9 @@ async def serve(
                     if app.push is not None:
                         conns.start_soon(app.push.run)
                     admin = AdminServer(
-                        UserAdmin(store, app.accounts, app.sessions, app.router), server.counters
+                        UserAdmin(store, app.accounts, app.sessions, app.router),
+                        server.counters,
+                        MemoryReport(server.tables),
                     )
                     await conns.start(admin.run, cfg.data)
                     conns.start_soon(notifier.keepalive, server.status)

@@ -5,7 +5,8 @@ server's own committer ever writes its LMDB environment.
 One request per connection: a JSON object on one line, answered by one JSON line,
 ``{"ok": true, ...}`` or ``{"ok": false, "error": code, "message": text}`` (the contract's
 error codes). Operations: ``user.add``, ``user.disable``, ``user.enable``,
-``user.reset-password`` (see ``chatd/ops/users.py``) and ``stats`` (the server's counters).
+``user.reset-password`` (see ``chatd/ops/users.py``), ``stats`` (the server's counters) and
+``debug.memory`` (what the process's memory is made of: ``chatd/ops/memdebug.py``).
 Only the data directory's owner can connect (the socket is 0600); requests are never logged
 with their fields, which may hold a password.
 """
@@ -38,9 +39,15 @@ def socket_path(data: str | Path) -> Path:
 
 
 class AdminServer:
-    def __init__(self, users: UserAdmin, stats: Callable[[], dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        users: UserAdmin,
+        stats: Callable[[], dict[str, Any]],
+        memory: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
         self.users = users
         self.stats = stats
+        self.memory = memory
 
     async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
@@ -63,6 +70,8 @@ class AdminServer:
             result = await u.reset_password(text("user_id"), text("password"))
         elif op == "stats":
             result = self.stats()
+        elif op == "debug.memory" and self.memory is not None:
+            result = self.memory(request)
         else:
             raise BadRequest(f"unknown admin op {op!r}")
         return {"ok": True, **result}
