@@ -276,7 +276,9 @@ async def test_slow_consumer_is_closed_1008_and_resyncs(data_dir: Path) -> None:
             # Alice's own traffic was never held up by bob's full queue.
             assert (await a.history("dm:alice:bob", limit=1))[0]["msg_id"] == 300
         got = await slow.recv_until_closed()
-        assert slow.close_code == 1008
+        # It reads only after alice's last send, by when the server may have given up on
+        # flushing the close frame (CLOSE_FLUSH_TIMEOUT): the socket is then reset instead.
+        assert slow.close_code in (1008, 1006)
         assert len(got) < 300
         seqs = [f["inbox"] for f in got]
         assert seqs == list(range(1, len(seqs) + 1))

@@ -41,6 +41,13 @@ ACCEPT_SKIP = {
 #: The process or the system is out of descriptors or memory: log, back off, retry.
 ACCEPT_BACK_OFF = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 BACK_OFF_SECONDS = 0.1
+#: Unsent bytes the kernel may hold for one socket (``TCP_NOTSENT_LOWAT``): past it ``send``
+#: takes nothing more and the connection's own bounded buffer fills instead. Without it
+#: Linux autotunes the send buffer up to ``net.ipv4.tcp_wmem``'s maximum (4 MiB), which a
+#: reader that stopped fills first, silently: its outbound cap and write-stall timer
+#: (``chatd/net/outbound.py``) would only start counting megabytes and many seconds later.
+#: Bytes in flight to a reading peer are not counted, so throughput does not suffer.
+NOTSENT_LOWAT = 128 * 1024
 
 
 def open_listener(host: str, port: int) -> socket.socket:
@@ -104,11 +111,13 @@ async def accept_loop(
 
 
 def _tune_socket(sock: socket.socket, client: str, keepalive: PresenceConfig) -> bool:
-    """Non-blocking, no Nagle delay, kernel keepalive. False (and the socket closed) if the
-    options fail, as they may for a connection reset between accept and here."""
+    """Non-blocking, no Nagle delay, bounded unsent bytes, kernel keepalive. False (and the
+    socket closed) if the options fail, as they may for a connection reset between accept and
+    here."""
     try:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
         set_keepalive(sock, keepalive)
     except OSError as exc:
         log.debug("connection from %s: socket options failed (%s); closed", client, exc)
