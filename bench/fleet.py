@@ -32,12 +32,13 @@ class Fleet:
         clients: int,
         cpus: set[int] | None,
         max_secs: float,
+        module: str = "bench.loadclient",
     ) -> None:
         self.procs = procs
         self.clients: list[ClientProc] = []
         for i in range(clients):
             src = next_source()
-            argv = [python(), "-m", "bench.loadclient", "--host", host, "--port", str(port)]
+            argv = [python(), "-m", module, "--host", host, "--port", str(port)]
             argv += ["--path", path, "--src", src, "--max-secs", str(max_secs)]
             proc = ClientProc(f"loadclient-{i}@{src}", argv, workdir / f"client-{src}.log")
             procs.add(proc)
