@@ -234,6 +234,20 @@ def table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def git_describe() -> str:
+    """The commit measured, "-dirty" when chatd/ has uncommitted changes."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "chatd"], cwd=ROOT, capture_output=True
+        ).stdout
+    except OSError:
+        return "unknown"
+    return head + ("-dirty" if dirty else "") if head else "unknown"
+
+
 # -- main
 
 
@@ -320,6 +334,7 @@ def main() -> int:
         index = json.loads(index_path.read_text())
         summary = summarize(index)
         summary.update(
+            commit=git_describe(),
             command="scripts/autobahn --cases '" + ",".join(cases) + "'",
             wstest="autobahntestsuite 0.8.2 (autobahn 0.10.9), fuzzingclient",
             endpoint=ECHO_PATH,
