@@ -20,6 +20,7 @@ from bench import (
     report,
     scale,
     scaling,
+    slow,
     soak,
     storage,
     torture,
@@ -266,6 +267,13 @@ def parser() -> argparse.ArgumentParser:
         "--idle-secs", type=float, default=3.0, help="silent CPU window before latency (3)"
     )
     p.set_defaults(func=scaling.run, plot=scaling.plot, out=report.DEFAULT_OUT / "scale")
+
+    p = sub.add_parser(
+        "slow", help="1 device stops reading in a busy group: healthy p99, its close, replay"
+    )
+    _common(p, targets="chatd", clients=2)
+    slow.add_arguments(p)
+    p.set_defaults(func=slow.run, plot=slow.plot)
 
     torture.add_parser(sub)
     storage.add_parser(sub)
