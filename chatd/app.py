@@ -275,6 +275,7 @@ def build(
         store,
         interval=config.storage.sweep_interval,
         ref_retention_hours=config.storage.ref_retention_hours,
+        history_retention_days=config.storage.history_retention_days,
     )
     ws = WsServer(
         config,

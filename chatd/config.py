@@ -151,6 +151,9 @@ class StorageConfig:
     max_queue_bytes: int = 64 << 20
     sweep_interval: float = 300.0
     ref_retention_hours: float = 24.0
+    #: Days a message is kept (with its inbox entries); 0 keeps history forever. Purged by
+    #: the sweep in bounded chunks; see docs/protocol.md "Retention".
+    history_retention_days: float = 0.0
 
     def validate(self) -> None:
         for key in (
@@ -162,6 +165,16 @@ class StorageConfig:
             "ref_retention_hours",
         ):
             _positive(f"storage.{key}", getattr(self, key))
+        if self.history_retention_days < 0:
+            raise ConfigError("storage.history_retention_days: must be >= 0 (0: keep forever)")
+        if (
+            self.history_retention_days
+            and self.history_retention_days * 24 < self.ref_retention_hours
+        ):
+            raise ConfigError(
+                "storage.history_retention_days: must cover storage.ref_retention_hours "
+                "(a ref's ack names its message)"
+            )
         if self.max_map_size < self.map_size:
             raise ConfigError("storage.max_map_size: must be >= storage.map_size")
         if not self.sync and not self.unsafe_fast_commit:

@@ -76,3 +76,39 @@ def pack(value: Any) -> bytes:
 
 def unpack(raw: bytes) -> Any:
     return msgpack.unpackb(raw, raw=False)
+
+
+# -- the compact encodings of messages, inboxes and refs (format 2, see storage/env.py)
+
+U48_MAX = (1 << 48) - 1
+_U48 = struct.Struct(">Q")
+
+
+def u48(number: int) -> bytes:
+    """``number`` as 6 big-endian bytes (ids, sequence numbers and ms stamps: up to 2**48-1,
+    the year 10889 for a stamp). ValueError outside that range."""
+    if not 0 <= number <= U48_MAX:
+        raise ValueError(f"{number} does not fit in 48 bits")
+    return _U48.pack(number)[2:]
+
+
+def from_u48(raw: bytes, offset: int = 0) -> int:
+    return int.from_bytes(raw[offset : offset + 6], "big")
+
+
+def ordered(number: int) -> bytes:
+    """An order-preserving variable-length unsigned integer: a byte giving the length of the
+    big-endian digits, then the digits (0 is ``b"\\x00"``). Byte order equals numeric order
+    (a longer number is a bigger one), so it serves as a sort key in 1 + ceil(bits / 8) bytes:
+    a msg_id below 65,536 takes 3 bytes instead of 8."""
+    if number < 0:
+        raise ValueError("ordered() takes unsigned integers")
+    length = (number.bit_length() + 7) // 8
+    return bytes((length,)) + number.to_bytes(length, "big")
+
+
+def from_ordered(raw: bytes, offset: int = 0) -> tuple[int, int]:
+    """(the number, the offset just past it) of an :func:`ordered` integer at ``offset``."""
+    length = raw[offset]
+    end = offset + 1 + length
+    return int.from_bytes(raw[offset + 1 : end], "big"), end

@@ -17,7 +17,7 @@ from typing import Any
 
 import lmdb
 
-from storage.codec import after_prefix, int_suffix, prefix, str_suffix
+from storage.codec import after_prefix, from_ordered, from_u48, int_suffix, prefix, str_suffix
 from storage.errors import StorageError, StorageUnavailable
 
 log = logging.getLogger("chatd.storage")
@@ -41,15 +41,61 @@ DATABASES = (
     "tokens",  # sha256(token) -> {user, exp}
     "friends",  # user \0 other -> state
     "groups",  # channel_id -> group record
-    "messages",  # channel \0 msg_id -> {from, body, ts}
-    "inboxes",  # user \0 seq -> [channel, msg_id]
-    "refs",  # user \0 ref -> ack
+    "messages",  # channel -> one item per message (dupsort); see storage/messages.py
+    "bodies",  # channel \0 msg_id -> body, for the few messages too big for an item
+    "inboxes",  # user -> 16-byte items [seq, channel number, msg_id] (dupsort, dupfixed)
+    "refs",  # user -> items [ref, channel number, msg_id, ts, inbox seq] (dupsort)
+    "chanids",  # channel -> its number in this environment (4 bytes): inbox items and refs
+    "channames",  # channel number -> channel
     "memberships",  # user \0 channel -> {read: msg_id}: the user's channels and read marks
     "channels",  # channel -> [last msg_id, its ts]: orders the channel list without messages
     "outbox",  # topic \0 seq -> record bytes (seq 0: the topic's last seq); see outbox.py
     "relay",  # channel \0 shard -> last msg_id sent to that shard; see relay.py
     "push",  # user \0 subscription id -> push subscription record; see push.py
+    "meta",  # b"format" -> the on-disk format's version (FORMAT), as ASCII digits
 )
+
+#: Sub-databases that hold several sorted items under one key (LMDB ``MDB_DUPSORT``): each
+#: key's items form a B-tree of their own, appended in order, so their pages fill up (a
+#: B-tree keyed channel \0 msg_id, written a message at a time across many channels, keeps
+#: its pages about half full). ``dupfixed``: items of one size, packed with no per-item header.
+DUPS: dict[str, dict[str, bool]] = {
+    "messages": {"dupsort": True},
+    "inboxes": {"dupsort": True, "dupfixed": True},
+    "refs": {"dupsort": True},
+}
+
+#: The on-disk format this code reads and writes. 1: msgpack records keyed name \0 suffix
+#: (up to 2026-11); 2: the compact items of ``DUPS`` (issue 19). ``storage/migrate.py``
+#: upgrades a data directory of an older format when it is opened for writing.
+FORMAT = 2
+
+
+class FormatMismatch(StorageError):
+    """The environment holds another on-disk format than :data:`FORMAT` (``found``)."""
+
+    def __init__(self, path: str, found: int) -> None:
+        super().__init__(
+            f"{path} holds data format {found}, this chatd reads format {FORMAT}"
+            + (
+                " (it is upgraded when a server or an offline command opens it)"
+                if found < FORMAT
+                else ""
+            )
+        )
+        self.found = found
+
+
+def format_of(env: lmdb.Environment) -> int:
+    """The format of an open environment: ``meta``'s record, else 1 if it holds any named
+    sub-database (made before formats were recorded), else 0 (empty: a new data directory)."""
+    with env.begin() as txn:
+        try:
+            meta = env.open_db(b"meta", txn=txn, create=False)
+        except lmdb.NotFoundError:
+            return 1 if txn.cursor().first() else 0
+        raw = txn.get(b"format", db=meta)
+        return int(raw) if raw is not None else 1
 
 
 class Txn:
@@ -89,11 +135,33 @@ class Txn:
                 yield str_suffix(key), value
 
     def scan_last_id(self, db: str, name: str) -> int:
+        """The last id under ``name``: of a dupsort sub-database, its last item's leading
+        number (a message's msg_id, an inbox item's seq); of ``channames``, its last key."""
         cursor = self.cursor(db)
+        if db == "messages":
+            return (
+                from_ordered(cursor.value())[0]
+                if cursor.set_key(name.encode()) and cursor.last_dup()
+                else 0
+            )
+        if db == "inboxes":
+            return (
+                from_u48(cursor.value())
+                if cursor.set_key(name.encode()) and cursor.last_dup()
+                else 0
+            )
+        if db == "channames":
+            return int.from_bytes(cursor.key(), "big") if cursor.last() else 0
         ok = cursor.prev() if cursor.set_range(after_prefix(name)) else cursor.last()
         if ok and cursor.key().startswith(prefix(name)):
             return int_suffix(cursor.key())
         return 0
+
+    def channel_number(self, channel: str) -> int:
+        """``channel``'s number in this environment, given one now if it has none (write
+        transactions only; undone with the op or batch that gave it)."""
+        assert self._counters is not None, "numbers are given in write transactions only"
+        return self._counters.intern(self, channel)
 
     def get(self, db: str, key: bytes) -> bytes | None:
         return self.raw.get(key, db=self._dbs[db])  # type: ignore[return-value]
@@ -169,6 +237,29 @@ class Counters:
         value += 1
         pending[key] = value
         return value
+
+    def intern(self, txn: Txn, channel: str) -> int:
+        """The number of ``channel`` (``chanids``), given the next free one (``channames``'
+        last + 1) if it has none; a new number is pending like a claimed id."""
+        key = ("chanids", channel)
+        number = self.pending.get(key) or self.committed.get(key)
+        if number is not None:
+            return number
+        raw = txn.get("chanids", channel.encode())
+        if raw is not None:
+            number = int.from_bytes(raw, "big")
+            self.committed[key] = number  # stored by a committed batch (this one's are pending)
+            return number
+        number = self.claim(txn, "channames", "")
+        if number > 0xFFFFFFFF:
+            raise StorageError("storage full: 2**32 channel numbers given")
+        packed = number.to_bytes(4, "big")
+        txn.put("chanids", channel.encode(), packed)
+        txn.put("channames", packed, channel.encode())
+        if self.undo is not None and key not in self.undo:
+            self.undo[key] = None
+        self.pending[key] = number
+        return number
 
     def op_done(self, ok: bool) -> None:
         undo = self.undo
@@ -266,8 +357,17 @@ class Env:
             )
         # Keep whatever size a previous run grew the map to.
         self.env.set_mapsize(max(map_size, self.env.info()["map_size"]))
+        found = format_of(self.env)
+        if found not in (0, FORMAT):
+            self.env.close()
+            raise FormatMismatch(path, found)
         with self.env.begin(write=True) as txn:
-            self.dbs = {name: self.env.open_db(name.encode(), txn=txn) for name in DATABASES}
+            self.dbs = {
+                name: self.env.open_db(name.encode(), txn=txn, **DUPS.get(name, {}))
+                for name in DATABASES
+            }
+            if found == 0:
+                txn.put(b"format", str(FORMAT).encode(), db=self.dbs["meta"])
         self.counters = Counters()
 
     def read(self) -> _Reading:

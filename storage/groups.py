@@ -12,7 +12,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterator
 
-from storage.codec import int_key, pack, str_key, unpack
+from storage.codec import from_ordered, from_u48, pack, str_key, unpack
 from storage.env import Txn
 from storage.records import ChannelState, Group, Membership
 
@@ -44,9 +44,12 @@ class GroupReads:
             msg_id, ts = unpack(raw)
             return msg_id, ts
         # Written before the channels record existed: read the last message once.
-        msg_id = self.txn.last_id("messages", channel)
-        message = self.txn.get("messages", int_key(channel, msg_id)) if msg_id else None
-        return (msg_id, unpack(message)["ts"]) if message is not None else (0, 0)
+        cursor = self.txn.cursor("messages")
+        if not (cursor.set_key(channel.encode()) and cursor.last_dup()):
+            return 0, 0
+        item = cursor.value()
+        msg_id, at = from_ordered(item)
+        return msg_id, from_u48(item, at)
 
     def channel_list(
         self, user_id: str, *, limit: int, after: tuple[int, str] | None = None

@@ -23,9 +23,19 @@ from typing import TypeVar
 
 import lmdb
 
-from storage.codec import after_prefix, prefix
-from storage.env import DATABASES, Env, Txn
+from storage.codec import after_prefix, from_ordered, int_key, ordered, prefix
+from storage.env import DATABASES, DUPS, Env, Txn
 from storage.errors import StorageUnavailable
+from storage.messages import (
+    SPILLED,
+    channel_name,
+    find_message,
+    inbox_item,
+    intern,
+    parse_inbox,
+    parse_ref,
+    ref_prefix,
+)
 
 T = TypeVar("T")
 
@@ -112,9 +122,17 @@ class OfflineEnv:
 
 
 def rows(txn: Txn, db: str, name: str) -> Iterator[tuple[bytes, bytes]]:
-    """(key, value) of every row of ``db`` whose key is ``name`` \\0 suffix, in key order."""
-    start = prefix(name)
+    """(key, value) of every row of ``db`` whose key is ``name`` \\0 suffix, in key order; of
+    a dupsort sub-database (``messages``, ``inboxes``, ``refs``), (``name``, item) of every
+    item under the key ``name``."""
     cursor = txn.cursor(db)
+    if db in DUPS:
+        key = name.encode()
+        if cursor.set_key(key):
+            for item in cursor.iternext_dup():
+                yield key, item
+        return
+    start = prefix(name)
     if cursor.set_range(start):
         for key, value in cursor:
             if not key.startswith(start):
@@ -123,7 +141,7 @@ def rows(txn: Txn, db: str, name: str) -> Iterator[tuple[bytes, bytes]]:
 
 
 def all_rows(txn: Txn, db: str) -> Iterator[tuple[bytes, bytes]]:
-    """(key, value) of every row of ``db``, in key order."""
+    """(key, value) of every row of ``db``, in key order (every item of a dupsort one)."""
     cursor = txn.cursor(db)
     if cursor.first():
         yield from cursor
@@ -131,14 +149,28 @@ def all_rows(txn: Txn, db: str) -> Iterator[tuple[bytes, bytes]]:
 
 def names(txn: Txn, db: str) -> Iterator[str]:
     """The distinct key prefixes (``name`` of ``name`` \\0 suffix) of ``db``, one seek each;
-    a key with no separator counts as a name of its own (``accounts``, ``groups``)."""
+    a key with no separator counts as a name of its own (``accounts``, ``groups``, and every
+    key of a dupsort sub-database)."""
     cursor = txn.cursor(db)
     ok = cursor.first()
     while ok:
         key: bytes = cursor.key()
         name, sep, _ = key.partition(b"\x00")
         yield name.decode()
-        ok = cursor.set_range(after_prefix(name.decode())) if sep else cursor.next()
+        if db in DUPS:
+            ok = cursor.next_nodup()
+        else:
+            ok = cursor.set_range(after_prefix(name.decode())) if sep else cursor.next()
+
+
+def inbox_messages(txn: Txn, user: str) -> Iterator[tuple[str, int]]:
+    """(channel, msg_id) of every entry of ``user``'s inbox, in seq order."""
+    names: dict[int, str] = {}
+    for _, item in rows(txn, "inboxes", user):
+        _, number, msg_id = parse_inbox(item)
+        if number not in names:
+            names[number] = channel_name(txn, number)
+        yield names[number], msg_id
 
 
 # -- writing rows
@@ -149,11 +181,39 @@ def copy_rows(
 ) -> int:
     """Copy every row of ``db`` under ``name`` from ``src`` to ``dst`` (into ``db_to`` if
     given); how many were written (with ``overwrite=False`` a key already in ``dst`` is kept
-    and not counted)."""
+    and not counted). Items of a dupsort sub-database are added if ``dst`` lacks them: a
+    message with its spilled body, inbox entries and refs with their channel's number in
+    ``dst`` (numbers are each environment's own)."""
+    if db in DUPS:
+        return sum(_copy_item(src, dst, db, key, item) for key, item in rows(src, db, name))
     put, handle = dst.raw.put, dst.handle(db_to or db)
     return sum(
         bool(put(key, value, db=handle, overwrite=overwrite)) for key, value in rows(src, db, name)
     )
+
+
+def _copy_item(src: Txn, dst: Txn, db: str, key: bytes, item: bytes) -> bool:
+    if db == "messages":
+        msg_id, at = from_ordered(item)
+        channel = key.decode()
+        if find_message(dst, channel, msg_id) is not None:
+            return False
+        if item[at + 6] & SPILLED:
+            copy_row(src, dst, "bodies", int_key(channel, msg_id))
+    elif db == "inboxes":
+        seq, number, msg_id = parse_inbox(item)
+        item = inbox_item(seq, intern(dst, channel_name(src, number)), msg_id)
+    else:  # refs
+        ref, number, msg_id, inbox = parse_ref(item)
+        there = intern(dst, channel_name(src, number))
+        item = ref_prefix(ref) + ordered(there) + ordered(msg_id) + ordered(inbox)
+    return bool(dst.raw.put(key, item, db=dst.handle(db), dupdata=False))
+
+
+def copy_message(src: Txn, dst: Txn, channel: str, msg_id: int) -> bool:
+    """Copy message (``channel``, ``msg_id``) if ``src`` has it and ``dst`` does not."""
+    cursor = find_message(src, channel, msg_id)
+    return cursor is not None and _copy_item(src, dst, "messages", channel.encode(), cursor.value())
 
 
 def copy_row(src: Txn, dst: Txn, db: str, key: bytes, *, overwrite: bool = True) -> bool:
@@ -163,11 +223,21 @@ def copy_row(src: Txn, dst: Txn, db: str, key: bytes, *, overwrite: bool = True)
 
 
 def delete_rows(txn: Txn, db: str, name: str) -> int:
-    """Delete every row of ``db`` under ``name``; how many there were."""
-    keys = [key for key, _ in rows(txn, db, name)]
-    for key in keys:
+    """Delete every row of ``db`` under ``name`` (every item of it, in a dupsort one; a
+    message's spilled body too); how many there were."""
+    found = list(rows(txn, db, name))
+    if db in DUPS:
+        if db == "messages":
+            for _, item in found:
+                msg_id, at = from_ordered(item)
+                if item[at + 6] & SPILLED:
+                    txn.delete("bodies", int_key(name, msg_id))
+        if found:
+            txn.delete(db, name.encode())  # the key and all its items
+        return len(found)
+    for key, _ in found:
         txn.delete(db, key)
-    return len(keys)
+    return len(found)
 
 
 def keyed(txn: Txn, db: str) -> Iterator[tuple[str, str, bytes]]:

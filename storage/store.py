@@ -140,7 +140,8 @@ class Store:
     async def purge_chunk(
         self, db: str, cutoff: int, start: bytes, *, limit: int = 1000
     ) -> tuple[bytes | None, int]:
-        """One bounded chunk of a purge of ``db`` ("tokens" or "refs"), as one write op:
+        """One bounded chunk of a purge of ``db`` ("tokens", "refs", "messages" or
+        "inboxes"), as one write op:
         see :func:`retention.purge_chunk`. Returns (next start or None, deleted)."""
 
         def chunk(tx: WriteTx) -> tuple[bytes | None, int]:

@@ -15,7 +15,7 @@ from chatd.client import HttpClient
 from chatd.domain.accounts import now_ms, token_digest
 from chatd.domain.messaging_tx import append_message
 from chatd.server import Server
-from storage import Store, WriteTx
+from storage import Message, Store, WriteTx
 from tests import wsraw
 from tests.conftest import make_config, make_user, running
 from tests.wsraw import RawWs
@@ -113,8 +113,10 @@ async def test_sweep_purges_expired_tokens_and_refs_past_retention(
 
 
 def put_refs(tx: WriteTx, refs: list[tuple[str, str, int]]) -> None:
-    for user, ref, ts in refs:
-        tx.ref_put(user, ref, {"channel": "c", "msg_id": 1, "ts": ts})
+    """Each ref with a message of its own: a ref's ts is its message's."""
+    for msg_id, (user, ref, ts) in enumerate(refs, 1):
+        tx.message_put(Message("g:c", msg_id, user, "b", ts))
+        tx.ref_put(user, ref, {"channel": "g:c", "msg_id": msg_id, "ts": ts})
 
 
 async def test_purge_runs_in_bounded_chunks_resuming_from_a_key(tmp_path: Path) -> None:

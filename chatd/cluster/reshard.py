@@ -58,18 +58,19 @@ from chatd.config_errors import ConfigError
 from chatd.discovery import Discovery, load_discovery
 from chatd.domain.channels import is_group
 from storage import ReadTx, WriteTx
-from storage.codec import int_key, str_key, unpack
+from storage.codec import str_key, unpack
 from storage.env import Txn
 from storage.errors import StorageUnavailable
 from storage.migrate import (
     OfflineEnv,
     all_rows,
+    copy_message,
     copy_row,
     copy_rows,
     delete_rows,
+    inbox_messages,
     keyed,
     names,
-    rows,
 )
 
 #: Sub-databases keyed user \0 ..., moved with their user (those this storage version has).
@@ -352,9 +353,8 @@ class _Mover:
                 copy_row(s, d, "tokens", key)
             for db in self.user_dbs:
                 copy_rows(s, d, db, user)
-            for _, entry in rows(s, "inboxes", user):  # replay works on the new home
-                channel, msg_id = unpack(entry)
-                copy_row(s, d, "messages", int_key(channel, msg_id), overwrite=False)
+            for channel, msg_id in inbox_messages(s, user):  # replay works on the new home
+                copy_message(s, d, channel, msg_id)
             for channel, _ in src.memberships(user):
                 _merge_last(src, dst, channel)
                 if is_group(channel) and self.new.home(channel).name != to:

@@ -1,19 +1,25 @@
-"""The background sweep: purge expired tokens and send refs past their retention.
+"""The background sweep: purge expired tokens, send refs past their retention and, with
+``storage.history_retention_days`` set, messages and inbox entries past it.
 
 Every ``storage.sweep_interval`` seconds one pass walks the ``tokens`` and ``refs``
-sub-databases in chunks of at most :data:`CHUNK` keys; each chunk is one write op run by the
+sub-databases (and ``messages`` and ``inboxes`` under history retention) in chunks of at most
+:data:`CHUNK` records; each chunk is one write op run by the
 committer in its thread (``Store.purge_chunk``), and the next chunk resumes from the key where
 the last one stopped. The event loop never scans: it only awaits one op per chunk, so a store
 with millions of refs costs many small ops interleaved with the sends, never one long one.
 
 Tokens are purged once expired (``exp`` <= now); refs once their ack's ``ts`` is older than
 ``storage.ref_retention_hours``: after that, a resend of the ref is a new send (see
-docs/protocol.md "Sending"). Stamps are wall-clock milliseconds, like every ``ts``.
+docs/protocol.md "Sending"). Messages once their ``ts`` is older than
+``storage.history_retention_days``, then each inbox's leading entries whose message is gone or
+that old (docs/protocol.md "Retention": what a device offline longer than that gets). Stamps
+are wall-clock milliseconds, like every ``ts``; the clock is ``now`` (tests pass a fake one).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import trio
 
@@ -21,16 +27,27 @@ from chatd.domain.accounts import now_ms
 from storage import StorageUnavailable, Store
 
 log = logging.getLogger("chatd.sweeper")
-CHUNK = 1000  # keys examined per write op
+CHUNK = 1000  # records examined per write op
 
 
 class Sweeper:
-    def __init__(self, store: Store, *, interval: float, ref_retention_hours: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        interval: float,
+        ref_retention_hours: float,
+        history_retention_days: float = 0.0,
+        now: Callable[[], int] = now_ms,
+    ) -> None:
         self.store = store
         self.interval = interval
         self.ref_retention_ms = int(ref_retention_hours * 3_600_000)
+        self.history_retention_ms = int(history_retention_days * 86_400_000)  # 0: forever
+        self.now = now
         self.passes = 0  # completed passes
-        self.purged = {"tokens": 0, "refs": 0}  # records deleted since start
+        # records deleted since start
+        self.purged = {"tokens": 0, "refs": 0, "messages": 0, "inboxes": 0}
 
     async def run(self) -> None:
         """Sweep every ``interval`` seconds until cancelled. A failed pass is logged and the
@@ -45,9 +62,13 @@ class Sweeper:
                 log.exception("sweep failed")
 
     async def sweep(self) -> None:
-        """One pass over both sub-databases."""
-        now = now_ms()
-        for db, cutoff in (("tokens", now), ("refs", now - self.ref_retention_ms)):
+        """One pass: tokens, refs, then (under history retention) messages and inboxes."""
+        now = self.now()
+        passes = [("tokens", now), ("refs", now - self.ref_retention_ms)]
+        if self.history_retention_ms:
+            cutoff = now - self.history_retention_ms
+            passes += [("messages", cutoff), ("inboxes", cutoff)]
+        for db, cutoff in passes:
             start: bytes | None = b""
             deleted = 0
             while start is not None:
