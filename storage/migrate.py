@@ -36,6 +36,7 @@ from storage.messages import (
     parse_ref,
     ref_prefix,
 )
+from storage.upgrade import upgrade
 
 T = TypeVar("T")
 
@@ -86,6 +87,7 @@ class OfflineEnv:
             raise StorageUnavailable(f"no LMDB environment at {path}")
         if in_use(path):
             raise InUse(f"{path} is open in another process (stop its server first)")
+        upgrade(path)  # an older on-disk format is converted first (storage/upgrade.py)
         self.env = Env(path, map_size=MAP_SIZE, max_map_size=MAX_MAP_SIZE, sync=True)
 
     @property

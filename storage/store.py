@@ -21,6 +21,7 @@ from storage.records import (
     Message,
 )
 from storage.repo import ReadTx, WriteTx
+from storage.upgrade import upgrade
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -45,6 +46,7 @@ class Store:
         max_batch: int = 1000,
         max_queue_bytes: int = 64 << 20,
     ) -> None:
+        upgrade(path)  # an older on-disk format is converted first (storage/upgrade.py)
         # Write ops see the batch's transaction as a typed WriteTx (one per batch when it runs
         # flat): every transaction function takes one.
         self.env = Env(path, map_size=map_size, max_map_size=max_map_size, sync=sync, view=WriteTx)
