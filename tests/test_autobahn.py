@@ -3,7 +3,7 @@ scripts/autobahn.py; the whole run (groups 1-7, 9, 10) is on demand (docs/confor
 
 Skipped, saying why, when there is no Python 2.7 (Autobahn|Testsuite 0.8.2 runs on nothing
 newer) or its virtualenv cannot be installed from PyPI. The first run on a machine installs
-that virtualenv (~40 s, pinned, in a cache directory); later ones take a few seconds.
+that virtualenv (40 s to 2 min, pinned, in a cache directory); later ones take a few seconds.
 """
 
 from __future__ import annotations
