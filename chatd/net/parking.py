@@ -77,10 +77,12 @@ class Parking:
         try:
             while True:
                 await trio.lowlevel.wait_readable(epoll.fileno())
+                conn: Parked | None = None
                 for fd, _ in epoll.poll(0):
                     conn = parked.get(fd)
                     if conn is not None:
                         conn.on_parked()
+                conn = None  # hold no connection while waiting: a closed one must be freed
         finally:
             self._epoll = None
             for conn in list(parked.values()):

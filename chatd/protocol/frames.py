@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import struct
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +92,8 @@ def _ref(obj: dict[str, Any]) -> str | None:
     ref = obj.get("ref")
     if not isinstance(ref, str) or not 1 <= len(ref) <= REF_MAX:
         return None
+    if ref.isascii():
+        return ref
     try:
         ref.encode()
     except UnicodeEncodeError:
@@ -108,7 +111,7 @@ def _get(obj: dict[str, Any], name: str, kind: type, *, required: bool = True) -
         raise ProtocolError(f"field {name!r} must be a {'string' if kind is str else 'integer'}")
     if isinstance(value, int) and not 0 <= value <= MAX_INT:
         raise ProtocolError(f"field {name!r} must be between 0 and {MAX_INT}")
-    if isinstance(value, str):
+    if isinstance(value, str) and not value.isascii():  # isascii: O(1), no copy
         try:
             value.encode()
         except UnicodeEncodeError:  # a lone surrogate from a JSON \ud800 escape
@@ -218,6 +221,18 @@ def synced_frame(head: int) -> dict[str, Any]:
     return {"type": "synced", "head": head}
 
 
+class _Packers(threading.local):
+    """One ``msgpack.Packer`` per thread: ``msgpack.packb`` builds one per call, which was
+    most of the cost of encoding a small frame (a Packer is not safe to share)."""
+
+    def __init__(self) -> None:
+        self.pack = msgpack.Packer(use_bin_type=True).pack
+
+
+_packers = _Packers()
+_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def encode(frame: dict[str, Any], binary: bool) -> bytes:
     """A server frame as a complete WebSocket message (header + payload), ready to write.
 
@@ -225,9 +240,15 @@ def encode(frame: dict[str, Any], binary: bool) -> bytes:
     connection that negotiated the same subprotocol.
     """
     if binary:
-        return ws_frame(msgpack.packb(frame, use_bin_type=True), 0x2)
-    payload = json.dumps(frame, separators=(",", ":"), ensure_ascii=False).encode()
-    return ws_frame(payload, 0x1)
+        payload = _packers.pack(frame)
+        opcode = 0x82
+    else:
+        payload = _json(frame).encode()
+        opcode = 0x81
+    n = len(payload)
+    if n < 126:  # most frames: ws_frame inlined
+        return bytes((opcode, n)) + payload
+    return ws_frame(payload, opcode & 0x0F)
 
 
 def ws_frame(payload: bytes, opcode: int) -> bytes:
