@@ -17,7 +17,7 @@ from typing import Any
 
 import lmdb
 
-from storage.codec import after_prefix, from_ordered, from_u48, int_suffix, prefix, str_suffix
+from storage.codec import after_prefix, from_ordered, int_suffix, prefix, str_suffix
 from storage.errors import StorageError, StorageUnavailable
 
 log = logging.getLogger("chatd.storage")
@@ -43,7 +43,7 @@ DATABASES = (
     "groups",  # channel_id -> group record
     "messages",  # channel -> one item per message (dupsort); see storage/messages.py
     "bodies",  # channel \0 msg_id -> body, for the few messages too big for an item
-    "inboxes",  # user -> 16-byte items [seq, channel number, msg_id] (dupsort, dupfixed)
+    "inboxes",  # user -> items [seq, channel number, msg_id] (dupsort)
     "refs",  # user -> items [ref, channel number, msg_id, ts, inbox seq] (dupsort)
     "chanids",  # channel -> its number in this environment (4 bytes): inbox items and refs
     "channames",  # channel number -> channel
@@ -58,10 +58,10 @@ DATABASES = (
 #: Sub-databases that hold several sorted items under one key (LMDB ``MDB_DUPSORT``): each
 #: key's items form a B-tree of their own, appended in order, so their pages fill up (a
 #: B-tree keyed channel \0 msg_id, written a message at a time across many channels, keeps
-#: its pages about half full). ``dupfixed``: items of one size, packed with no per-item header.
+#: its pages about half full). No ``dupfixed``: LMDB 0.9's compacting copy crashes on it.
 DUPS: dict[str, dict[str, bool]] = {
     "messages": {"dupsort": True},
-    "inboxes": {"dupsort": True, "dupfixed": True},
+    "inboxes": {"dupsort": True},
     "refs": {"dupsort": True},
 }
 
@@ -138,18 +138,10 @@ class Txn:
         """The last id under ``name``: of a dupsort sub-database, its last item's leading
         number (a message's msg_id, an inbox item's seq); of ``channames``, its last key."""
         cursor = self.cursor(db)
-        if db == "messages":
-            return (
-                from_ordered(cursor.value())[0]
-                if cursor.set_key(name.encode()) and cursor.last_dup()
-                else 0
-            )
-        if db == "inboxes":
-            return (
-                from_u48(cursor.value())
-                if cursor.set_key(name.encode()) and cursor.last_dup()
-                else 0
-            )
+        if db in ("messages", "inboxes"):  # both items begin with an ordered() id
+            if cursor.set_key(name.encode()) and cursor.last_dup():
+                return from_ordered(cursor.value())[0]
+            return 0
         if db == "channames":
             return int.from_bytes(cursor.key(), "big") if cursor.last() else 0
         ok = cursor.prev() if cursor.set_range(after_prefix(name)) else cursor.last()

@@ -12,8 +12,11 @@ body``, sorted by msg_id. ``who``: 0 or 1, the sender is the first or second use
 bit the body is not in the item (an item is at most 511 bytes, LMDB's key size) but in
 ``bodies`` under channel \0 msg_id (8 bytes, big-endian).
 
-``inboxes``: user -> ``seq (6) | channel number (4) | msg_id (6)``; the channel number is the
-channel's in ``chanids`` / ``channames`` (given at its first inbox entry or ref).
+``inboxes``: user -> ``ordered(seq) | ordered(channel number) | ordered(msg_id)`` (about 10
+bytes); the channel number is the channel's in ``chanids`` / ``channames`` (given at its first
+inbox entry or ref). ``ordered`` is the order-preserving varint of ``storage/codec.py``. (Not
+``MDB_DUPFIXED``: LMDB 0.9's compacting copy, ``chatd backup`` and ``chatd compact``, crashes
+on a dupfixed sub-database of more than one page.)
 
 ``refs``: user -> ``len (2) | ref (UTF-8) | ordered(channel number) | ordered(msg_id) |
 ordered(inbox seq, 0: none)``, sorted by (length, ref): the ack of that send, rebuilt on read
@@ -26,7 +29,6 @@ in step.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -38,8 +40,6 @@ from storage.records import ChannelPage, InboxEntry, InboxPage, Message
 SPILLED = 0x80
 #: LMDB's largest key, so the largest dupsort item.
 MAX_ITEM = 511
-_INBOX = struct.Struct(">HIH")  # the high 16 bits of seq, the channel number, of msg_id
-INBOX_ITEM = 16
 
 
 def dm_users(channel: str) -> tuple[str, str] | None:
@@ -102,12 +102,14 @@ def item_size(txn: Txn, channel: str, item: bytes) -> int:
 
 
 def inbox_item(seq: int, number: int, msg_id: int) -> bytes:
-    return u48(seq) + number.to_bytes(4, "big") + u48(msg_id)
+    return ordered(seq) + ordered(number) + ordered(msg_id)
 
 
 def parse_inbox(item: bytes) -> tuple[int, int, int]:
     """(seq, channel number, msg_id) of an inbox item."""
-    return from_u48(item), int.from_bytes(item[6:10], "big"), from_u48(item, 10)
+    seq, at = from_ordered(item)
+    number, at = from_ordered(item, at)
+    return seq, number, from_ordered(item, at)[0]
 
 
 def ref_prefix(ref: str) -> bytes:
@@ -234,8 +236,7 @@ class MessageReads:
             return out
         total = 0
         cursor = txn.cursor("inboxes")
-        seek = inbox_item(min(after + 1, (1 << 48) - 1), 0, 0) if after >= 0 else bytes(16)
-        if not cursor.set_range_dup(user_id.encode(), seek):
+        if not cursor.set_range_dup(user_id.encode(), ordered(max(after + 1, 0))):
             return out
         names: dict[int, str] = {}
         messages = txn.cursor("messages")
@@ -262,7 +263,7 @@ class MessageReads:
     def inbox_oldest(self, user_id: str) -> int:
         """The lowest inbox seq ``user_id`` still has (0 if none)."""
         cursor = self.txn.cursor("inboxes")
-        return from_u48(cursor.value()) if cursor.set_key(user_id.encode()) else 0
+        return from_ordered(cursor.value())[0] if cursor.set_key(user_id.encode()) else 0
 
     def inbox_page(
         self, user_id: str, after: int, limit: int, max_bytes: int | None = None
@@ -361,11 +362,13 @@ class MessageWrites:
         once): this is the hot loop of every send."""
         txn = self.txn
         claim, put, db = txn.claim_id, txn.raw.put, txn.handle("inboxes")
-        tail = txn.channel_number(channel).to_bytes(4, "big") + u48(msg_id)
+        tail = ordered(txn.channel_number(channel)) + ordered(msg_id)
         out: dict[str, int] = {}
         for user in users:
             seq = out[user] = claim("inboxes", user)
-            put(user.encode(), u48(seq) + tail, db=db, append=True)  # full pages, see message_put
+            put(
+                user.encode(), ordered(seq) + tail, db=db, append=True
+            )  # full pages, see message_put
         return out
 
     def ref_put(self, user_id: str, ref: str, ack: dict[str, Any]) -> None:

@@ -1,5 +1,5 @@
 """Read-only views of a data directory, safe beside a running server: ``chatd stats`` and
-``chatd backup``.
+``chatd backup``; and ``chatd compact``, which is not (it refuses beside a server).
 
 Both open the LMDB environment read-only: a reader takes a slot in LMDB's reader table and
 a snapshot, and never blocks or is blocked by the server's writer. The backup is LMDB's own
@@ -11,6 +11,7 @@ is itself a complete data directory.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -72,3 +73,33 @@ def backup(path: str | Path, dest: str | Path) -> dict[str, Any]:
         env.close()
     os.chmod(dest / "data.mdb", 0o600)
     return stats(dest)
+
+
+def compact(path: str | Path) -> dict[str, Any]:
+    """Rewrite the data directory at ``path`` compacted, in place: LMDB's copy with compaction
+    (free pages left out, each B-tree rewritten in order, so pages full) into
+    ``compact.tmp/`` beside it, then swapped in with one rename. Offline only: the caller
+    holds the data directory's lock, and a process with the environment open (a server) makes
+    this refuse. A crash before the swap leaves the old file whole (and a ``compact.tmp/``
+    that the next run clears). Returns the data file's bytes before and after."""
+    from storage.migrate import InUse, in_use  # the writer's guard, beside its lock
+
+    path = Path(path)
+    data = path / "data.mdb"
+    if not data.is_file():
+        raise FileNotFoundError(f"no chatd data in {path} (no data.mdb)")
+    if in_use(str(path)):
+        raise InUse(f"{path} is open in another process (stop its server first)")
+    tmp = path / "compact.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    before = data.stat().st_size
+    env = _open(path)
+    try:
+        tmp.mkdir(mode=0o700)
+        env.copy(str(tmp), compact=True)
+    finally:
+        env.close()
+    os.chmod(tmp / "data.mdb", 0o600)
+    os.replace(tmp / "data.mdb", data)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return {"file_bytes_before": before, "file_bytes_after": data.stat().st_size}

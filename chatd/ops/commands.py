@@ -37,6 +37,9 @@ def add_parsers(sub: Any) -> None:
     s = sub.add_parser("stats", help="users, groups, channels, messages, map use (read-only)")
     _config_args(s)
 
+    k = sub.add_parser("compact", help="rewrite a data directory compacted (server stopped)")
+    _config_args(k)
+
     u = sub.add_parser("user", help="add, disable, enable a user or reset a password")
     _config_args(u)
     verbs = u.add_subparsers(dest="verb", required=True)
@@ -67,7 +70,7 @@ def add_parsers(sub: Any) -> None:
             p.add_argument("--count", type=int, help="exit after this many msg frames")
 
 
-COMMANDS = ("check-config", "backup", "stats", "user", "chat", "send", "listen")
+COMMANDS = ("check-config", "backup", "stats", "compact", "user", "chat", "send", "listen")
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -81,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
             "check-config": check_config,
             "backup": backup,
             "stats": stats,
+            "compact": compact,
             "user": user,
             "chat": client_command,
             "send": client_command,
@@ -137,6 +141,29 @@ def backup(args: argparse.Namespace) -> int:
 def stats(args: argparse.Namespace) -> int:
     data = _config(args).server.data
     print(json.dumps(offline.stats(data)))
+    return 0
+
+
+def compact(args: argparse.Namespace) -> int:
+    """``chatd compact``: offline, under the data directory's lock (a running server holds
+    it, so this refuses beside one); see docs/operations.md "Compaction"."""
+    data = _config(args).server.data
+    if not (Path(data) / "data.mdb").is_file():
+        raise FileNotFoundError(f"no chatd data in {data}")
+    try:
+        lock = DataLock(data).acquire()
+    except DataDirBusy as exc:
+        print(f"chatd compact: {exc}: stop the server first", file=sys.stderr)
+        return 1
+    from storage.migrate import InUse
+
+    try:
+        print(json.dumps(offline.compact(data)))
+    except InUse as exc:
+        print(f"chatd compact: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        lock.release()
     return 0
 
 
