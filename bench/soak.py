@@ -18,12 +18,13 @@ WebSocket close) and reconnect with their token. Every ``--sample-secs`` the ben
 - the mean group-commit batch of the interval (messages acked / ``chatd_commit_batches_total``);
 - send->deliver p50/p99 of the interval, and the achieved rate.
 
-``--memdebug`` also asks the server's admin socket for ``debug.memory`` (gc object counts, the
-sizes of per-user tables, glibc's heap figures, tracemalloc's top growth when the server runs
-with ``CHATD_TRACEMALLOC``) at the first sample and after the last one (then with a full gc
-pass and ``malloc_trim``, which tells free heap held by malloc from live objects). JSON and
-PNG go to ``bench/results/soak/``. Everything is bounded: ``--duration`` caps the traffic and
-the load clients' lifetime.
+glibc's malloc tunables (``MALLOC_ARENA_MAX``, ``MALLOC_MMAP_THRESHOLD_``, ...) set in the
+bench's environment reach the server, and are recorded. ``--memdebug`` also asks the server's
+admin socket for ``debug.memory`` (gc object counts, the sizes of per-user tables, glibc's heap
+figures, tracemalloc's top growth when the server runs with ``CHATD_TRACEMALLOC``) at the
+first sample and after the last one (then with a full gc pass and ``malloc_trim``, which tells
+free heap held by malloc from live objects). JSON and PNG go to ``bench/results/soak/``.
+Everything is bounded: ``--duration`` caps the traffic and the load clients' lifetime.
 """
 
 from __future__ import annotations
@@ -270,7 +271,14 @@ def soak(
     samples.append(final)
     if args.memdebug:  # then what malloc_trim gives back: free heap held vs live objects
         debug["last"] = memdebug(run, {"collect": True, "trim": True})
-    return {"held": held, "samples": samples, "churns": churns, "memdebug": debug or None}
+    return {
+        "held": held,
+        # glibc tunables the server inherited (the bench passes its environment on)
+        "malloc_env": {k: v for k, v in os.environ.items() if k.startswith(("MALLOC_", "GLIBC_"))},
+        "samples": samples,
+        "churns": churns,
+        "memdebug": debug or None,
+    }
 
 
 def churn(fleet: Any, count: int) -> dict[str, Any]:
