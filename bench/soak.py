@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import fanout, report, traffic
+from bench import fleet as fleet_mod
 from bench.procs import CpuMeter
 from bench.run import Run, settle
 from bench.targets import Target
@@ -85,6 +86,12 @@ def add_parser(sub: Any) -> None:
         "--memdebug",
         action="store_true",
         help="ask the server's admin socket for debug.memory at the first and last sample",
+    )
+    p.add_argument(
+        "--src-offset",
+        type=int,
+        default=0,
+        help="load clients bind 127.0.0.(2 + offset + i): keeps concurrent runs apart (0)",
     )
     p.set_defaults(func=run, plot=plot, out=report.DEFAULT_OUT / "soak")
 
@@ -199,6 +206,8 @@ def run(run_: Run, args: argparse.Namespace) -> dict[str, Any]:
         tokens = target.tokens(users)
         run_.log(f"soak: {len(tokens)} users in {time.monotonic() - t0:.0f} s")
         run_.pin_server(target)
+        for _ in range(args.src_offset):
+            fleet_mod.next_source()
         fleet = run_.fleet(target, args.clients, max_secs=args.duration + 900)
         try:
             connected = connect_all(run_, args, target, fleet, tokens)
