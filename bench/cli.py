@@ -23,6 +23,7 @@ from bench import (
     slow,
     soak,
     storage,
+    storm,
     torture,
 )
 from bench.run import Run, describe_args
@@ -276,6 +277,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=slow.run, plot=slow.plot)
 
     torture.add_parser(sub)
+    storm.add_parser(sub)
     storage.add_parser(sub)
     soak.add_parser(sub)
     return top
@@ -283,6 +285,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.scenario == "storm":  # restarts its own server, SIGTERM and SIGKILL: no Run
+        return storm.main(args)
     if args.scenario == "torture":  # runs its own server, killed and restarted: no Run
         return torture.main(args)
     if args.scenario == "storage":  # no server: the on-disk format under the real write path

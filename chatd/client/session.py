@@ -34,8 +34,10 @@ from __future__ import annotations
 import json
 import random
 import secrets
+import ssl
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import msgpack
 import trio
@@ -44,15 +46,59 @@ from trio_websocket import (
     ConnectionClosed,
     HandshakeError,
     WebSocketConnection,
-    connect_websocket_url,
+    wrap_client_stream,
 )
 
 from chatd.protocol import frames
 
 RECONNECT_CODES = {1001, 1006, 1008, 1011, 1012, 1013}
+#: Seconds a connect (TCP and the WebSocket upgrade) may take before it is abandoned and
+#: retried (see :func:`open_websocket`).
+CONNECT_TIMEOUT = 15.0
 #: close codes that end a session with an error code, as the refusal's error frame would
 REFUSAL_CODES = {4001: "unauthorized", 4002: "wrong_shard"}
 BUFFER = 1000  # incoming frames waiting for the application, by default
+
+
+async def open_websocket(
+    nursery: trio.Nursery, url: str, subprotocols: list[str]
+) -> WebSocketConnection:
+    """A client WebSocket to ``url`` (``ws:`` or ``wss:``), its reader task in ``nursery``;
+    ``trio.TooSlowError`` after :data:`CONNECT_TIMEOUT` seconds, with the socket closed.
+
+    trio-websocket's ``connect_websocket_url`` waits for the upgrade's answer with no timeout
+    of its own and never wakes if the TCP connection ends before that answer (a server that
+    exits with the connection still in its listen backlog): a session would then stop
+    reconnecting for good (found by ``python -m bench storm``). Cancelling it would leave
+    the socket open and its reader task running. So the stream is opened here and handed to
+    ``wrap_client_stream``, and closed if the upgrade does not complete in time."""
+    parts = urlsplit(url)
+    secure = parts.scheme == "wss"
+    host = parts.hostname or ""
+    port = parts.port or (443 if secure else 80)
+    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    with trio.fail_after(CONNECT_TIMEOUT):
+        stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
+        if secure:
+            context = ssl.create_default_context()
+            stream = await trio.open_ssl_over_tcp_stream(
+                host, port, ssl_context=context, https_compatible=True
+            )
+        else:
+            stream = await trio.open_tcp_stream(host, port)
+        try:
+            return await wrap_client_stream(
+                nursery,
+                stream,
+                host if port in (80, 443) else f"{host}:{port}",
+                resource,
+                subprotocols=subprotocols,
+                message_queue_size=1024,
+                max_message_size=1 << 21,
+            )
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
 
 
 class ChatError(Exception):
@@ -238,13 +284,8 @@ class Session:
     async def _connect(self) -> None:
         await self._discard()
         self._lagging = False  # the replay from the cursor brings whatever was dropped
-        ws = await connect_websocket_url(
-            self._nursery,
-            self.client.ws_url,
-            subprotocols=["chatd.v1.msgpack" if self.client.binary else "chatd.v1.json"],
-            message_queue_size=1024,
-            max_message_size=1 << 21,
-        )
+        subprotocol = "chatd.v1.msgpack" if self.client.binary else "chatd.v1.json"
+        ws = await open_websocket(self._nursery, self.client.ws_url, [subprotocol])
         assert self.client.token is not None  # session() logs in first
         hello = frames.hello_frame(self.client.token, self.cursor)
         self._ws = ws
@@ -306,7 +347,7 @@ class Session:
                     if closed.reason is not None and closed.reason.code in REFUSAL_CODES:
                         await self._end(closed)
                         return
-                except (OSError, HandshakeError, trio.BrokenResourceError):
+                except (OSError, HandshakeError, trio.BrokenResourceError, trio.TooSlowError):
                     continue
 
     async def _heartbeat(self, interval: float) -> None:

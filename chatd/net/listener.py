@@ -21,6 +21,7 @@ import trio
 from chatd.config import PresenceConfig
 from chatd.domain.errors import Unavailable
 from chatd.domain.ratelimit import RateLimiter
+from chatd.net import sockets as net
 from chatd.net.admission import PER_IP_RETRY_AFTER, Admission
 from chatd.net.heartbeat import set_keepalive
 from chatd.net.http import HttpConnection, HttpServer
@@ -67,8 +68,15 @@ async def accept_loop(
     scope: trio.CancelScope,
     rate: RateLimiter | None = None,
 ) -> None:
-    """Accept until ``scope`` is cancelled; serve each connection in ``conns``. With ``rate``,
-    one token of it per accept: the loop sleeps while it has none."""
+    """Accept until ``scope`` is cancelled, then close the listening socket; serve each
+    connection in ``conns``. With ``rate``, one token of it per accept: the loop sleeps while
+    it has none.
+
+    Closing the listener at once when the drain cancels ``scope`` matters to clients: left
+    open, the kernel would keep completing their reconnects into the listen backlog, where
+    nobody reads them until the process exits and resets them (a client library that waits
+    for the upgrade's answer without a timeout then hangs). Closed, they are refused at once
+    and back off until the next process listens."""
     connections = http.lifecycle.connections
     keepalive = http.config.presence
     with scope:
@@ -108,6 +116,8 @@ async def accept_loop(
                         "too many connections from your address", retry_after=PER_IP_RETRY_AFTER
                     )
                 conns.start_soon(HttpConnection(http, sock, client, refusal).serve)
+    if scope.cancelled_caught:  # the drain: refuse new connections from now on
+        net.close(listener)
 
 
 def _tune_socket(sock: socket.socket, client: str, keepalive: PresenceConfig) -> bool:
