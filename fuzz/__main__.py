@@ -18,9 +18,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from fuzz import CORPUS, HARNESSES, ROOT, corpus_files
 
@@ -41,11 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replay", action="store_true", help="run the seed corpus once")
     parser.add_argument("--merge", action="store_true", help="minimize finds into the corpus")
     parser.add_argument("--seed", type=int, default=0, help="libFuzzer's -seed (0: random)")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     # Where the in-process server keeps its scratch data (fuzz/inprocess.py).
     os.environ.setdefault("CHATD_FUZZ_WORK", str(args.work))
     if args.replay:
         return replay(args.harness)
+    if args.child:  # started by libFuzzer itself (-merge, -fork, -jobs): its flags as they are
+        return run_child(args.harness, extra)
     return run(args, extra)
 
 
@@ -68,11 +73,39 @@ def replay(name: str) -> int:
     return 0
 
 
-def run(args: argparse.Namespace, extra: list[str]) -> int:
+def instrumented(name: str) -> Any:
+    """The harness module, with chatd and the protocol libraries instrumented for coverage."""
     import atheris  # only here: --replay works without it
 
     with atheris.instrument_imports(include=INSTRUMENT):
-        module = importlib.import_module(f"fuzz.{args.harness}")
+        return importlib.import_module(f"fuzz.{name}")
+
+
+def launcher(work: Path, name: str) -> Path:
+    """An executable that starts this harness again: libFuzzer runs its ``argv[0]`` for the
+    child processes of ``-merge``, ``-fork`` and ``-jobs``, and ours is a .py file."""
+    path = work / "run-child"
+    path.write_text(
+        f"#!/bin/sh\ncd {shlex.quote(str(ROOT.parent))} && exec {shlex.quote(sys.executable)} "
+        f'-m fuzz {name} --work {shlex.quote(str(work.parent))} --child -- "$@"\n'
+    )
+    path.chmod(0o755)
+    return path
+
+
+def run_child(name: str, flags: list[str]) -> int:
+    import atheris
+
+    module = instrumented(name)
+    atheris.Setup([sys.argv[0], *flags], module.TestOneInput)
+    atheris.Fuzz()
+    return 0
+
+
+def run(args: argparse.Namespace, extra: list[str]) -> int:
+    import atheris
+
+    module = instrumented(args.harness)
     work: Path = args.work / args.harness
     found = work / "corpus"
     found.mkdir(parents=True, exist_ok=True)
@@ -96,7 +129,8 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     dirs = [seeds, found] if args.merge else [found, seeds]
     if args.merge:
         flags.append("-merge=1")
-    atheris.Setup([sys.argv[0], *flags, *extra, *map(str, dirs)], module.TestOneInput)
+    argv0 = str(launcher(work, args.harness))
+    atheris.Setup([argv0, *flags, *extra, *map(str, dirs)], module.TestOneInput)
     atheris.Fuzz()  # exits the process (libFuzzer), with 0 unless a crash was found
     return 0
 
