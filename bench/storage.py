@@ -7,7 +7,9 @@ load clients'), into a fresh data directory; then every sub-database's pages are
 ``mdb_stat`` does (``env.stat`` of each: branch + leaf + overflow pages x page size) and
 divided by the messages stored. No server, no sockets: this measures the on-disk format and
 the B-tree's fill under the real insert order, not the network. It also reports the send
-rate the committer reached (``msgs_per_s``), a rough figure on a shared machine.
+rate the committer reached (``msgs_per_s``, a rough figure on a shared machine) and the CPU
+this process spent per message (``cpu_us_per_msg``: the domain's transaction function, the
+encodings and LMDB's puts, all threads), the write path's cost without the network.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import functools
 import json
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -65,8 +68,11 @@ def page_stats(path: str) -> dict[str, dict[str, int]]:
         env.close()
 
 
-async def fill(path: str, *, messages: int, pairs: int, body: int, window: int) -> float:
-    """Store ``messages`` DMs through the committer; the seconds it took."""
+async def fill(
+    path: str, *, messages: int, pairs: int, body: int, window: int
+) -> tuple[float, float]:
+    """Store ``messages`` DMs through the committer; (the seconds it took, the CPU seconds
+    this process used meanwhile: the loop, the committer's threads, the fsyncs' system time)."""
     store = Store(path)
     text = "x" * body
     prefix = f"{os.getpid():x}."
@@ -94,15 +100,20 @@ async def fill(path: str, *, messages: int, pairs: int, body: int, window: int) 
             )
             await store.write(op)
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu()
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run)
         async with trio.open_nursery() as senders_nursery:
             for _ in range(window):
                 senders_nursery.start_soon(sender)
-        elapsed = time.perf_counter() - start
+        elapsed, used = time.perf_counter() - start, _cpu() - cpu
         store.close()
-    return elapsed
+    return elapsed, used
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def measure(
@@ -112,7 +123,7 @@ def measure(
     tmp = tempfile.mkdtemp(prefix="chatd-bench-storage-")
     path = os.path.join(tmp, "data")
     try:
-        elapsed = trio.run(
+        elapsed, cpu = trio.run(
             lambda: fill(path, messages=messages, pairs=pairs, body=body, window=window)
         )
         stats = page_stats(path)
@@ -129,6 +140,7 @@ def measure(
             "window": window,
             "seconds": round(elapsed, 2),
             "msgs_per_s": round(messages / elapsed),
+            "cpu_us_per_msg": round(cpu / messages * 1e6, 1),
             "bytes_per_message": per_db,
             "bytes_per_message_total": round(sum(per_db.values()), 1),
             "bytes_per_message_growing": round(sum(growing.values()), 1),
@@ -174,7 +186,13 @@ def main(args: argparse.Namespace) -> int:
     result["loadavg_after"] = os.getloadavg()
     summary = {
         k: result[k]
-        for k in ("messages", "bytes_per_message", "bytes_per_message_total", "msgs_per_s")
+        for k in (
+            "messages",
+            "bytes_per_message",
+            "bytes_per_message_total",
+            "msgs_per_s",
+            "cpu_us_per_msg",
+        )
     }
     print(json.dumps(summary, indent=2))
     os.makedirs(args.out, exist_ok=True)
