@@ -5,6 +5,7 @@ it per file, in lines, for the report in docs/fuzzing.md. Uninstrumented (plain 
 in every thread), so it runs a corpus, not a fuzzing session:
 
     python -m fuzz.lines http_request .fuzz/http_request/corpus fuzz/corpus/http_request
+    python -m fuzz.lines frames fuzz/corpus/frames --missing=frames.py   # and which lines not
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def executable(path: Path) -> set[int]:
 
 
 def main(argv: list[str]) -> int:
+    show = [a.removeprefix("--missing=") for a in argv if a.startswith("--missing=")]
+    argv = [a for a in argv if not a.startswith("--missing=")]
     name, folders = argv[0], [Path(a) for a in argv[1:]]
     hits: Hit = defaultdict(set)
     prefix = str(SOURCE)
@@ -69,6 +72,8 @@ def main(argv: list[str]) -> int:
         total_hit, total = total_hit + hit, total + len(lines)
         rel = path.relative_to(ROOT.parent)
         print(f"  {rel}: {hit}/{len(lines)} lines ({100 * hit / max(1, len(lines)):.0f}%)")
+        if any(str(rel).endswith(part) for part in show):
+            print(f"    not reached: {sorted(lines - hits[filename])}")
     print(f"  files reached: {total_hit}/{total} lines ({100 * total_hit / max(1, total):.0f}%)")
     close = getattr(module, "close", None)
     if close is not None:
