@@ -468,9 +468,47 @@ def plot(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def compare(paths: list[Path], png: Path) -> None:
+    """One figure of several soak results (before/after): RssAnon, bytes per message, p99,
+    each against messages stored. Labels: the file stems, or ``label=path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(3, 1, figsize=(9, 10), sharex=True)
+    for arg in paths:
+        label, _, name = str(arg).rpartition("=")
+        result = json.loads(Path(name).read_text())
+        r = result["targets"]["chatd"]
+        rows = [x for x in r["samples"] if not x.get("final")]
+        commit = (result.get("git") or {}).get("commit", "")[:8]
+        env = " ".join(f"{k}={v}" for k, v in sorted((r.get("malloc_env") or {}).items()))
+        text = f"{label or Path(name).stem} ({commit}{', ' + env if env else ''})"
+        m = [x["acked_total"] / 1e6 for x in rows]
+        axes[0].plot(m, [x["rss_anon_kib"] / 1024 for x in rows], label=text)
+        axes[1].plot(m, [x.get("used_bytes_per_msg") for x in rows], label=text)
+        axes[2].plot(m, [x["deliver_ms"].get("p99") for x in rows], label=text, alpha=0.7)
+    axes[0].set_ylabel("RssAnon (MiB)")
+    axes[1].set_ylabel("LMDB pages in use / msgs (B)")
+    axes[2].set_ylabel("p99 send->deliver (ms)")
+    axes[2].set_yscale("log")
+    axes[2].set_xlabel("messages stored (millions)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("soak: before and after (issue 19)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
 if __name__ == "__main__":
     import sys
 
+    if sys.argv[1:2] == ["--compare"]:  # python -m bench.soak --compare OUT.png [label=]A.json ...
+        compare([Path(x) for x in sys.argv[3:]], Path(sys.argv[2]))
+        raise SystemExit(0)
     from bench import cli
 
     raise SystemExit(cli.main(["soak", *sys.argv[1:]]))
