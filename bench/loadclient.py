@@ -193,6 +193,10 @@ class LoadClient:
         self.churned = 0  # connections closed by ``churn``
         self._soak: asyncio.Task[None] | None = None
         self.soak_skipped = 0
+        self._churning: asyncio.Task[None] | None = None
+        self.reopened = 0  # churned connections open again (welcome received)
+        self.reopen_failed: Counter[str] = Counter()
+        self.reopen_secs = 0.0  # the slowest churn's reconnects, start to last welcome
 
     # -- the send path
     def send(self, conn: Conn) -> None:
@@ -437,6 +441,9 @@ class LoadClient:
             "deliver_us": [t // 1000 for t in deliver],
             "open": self.open(),
             "churned": self.churned,
+            "reopened": self.reopened,
+            "reopen_failed": dict(self.reopen_failed),
+            "reopen_secs_max": self.reopen_secs,
             "lost": dict(self.lost),
             "sending": self._soak is not None and not self._soak.done(),
         }
@@ -448,9 +455,13 @@ class LoadClient:
         await self._drain(float(cmd.get("drain", 10)))
         return self.soak_sample()
 
-    async def churn(self, cmd: dict[str, Any]) -> dict[str, Any]:
+    def churn(self, cmd: dict[str, Any]) -> dict[str, Any]:
         """Close ``count`` random idle connections (a WebSocket close, then FIN) and open
-        each again with its token: a device reconnecting (``hello`` with a token)."""
+        each again with its token in the background: a device reconnecting (``hello`` with a
+        token). Returns at once (so sampling goes on however slow the reconnects are); the
+        reconnects are counted in :meth:`soak_sample`. Skipped while the last one runs."""
+        if self._churning is not None and not self._churning.done():
+            return {"closed": 0, "busy": True}
         live = [c for c in self.churnable if c.state == OPEN]
         leaving = random.sample(live, min(int(cmd["count"]), len(live)))
         for conn in leaving:
@@ -464,10 +475,19 @@ class LoadClient:
             for slot in self.hb_slots:
                 slot[:] = [c for c in slot if id(c) not in gone and c.state != CLOSED]
         sessions = [[c.token, None] for c in leaving]
-        reply = await self.connect(
-            {"sessions": sessions, "concurrency": cmd.get("concurrency", 64), "churnable": True}
-        )
-        return {"closed": len(leaving), **reply}
+        concurrency = cmd.get("concurrency", 64)
+
+        async def reopen() -> None:
+            t0 = time.monotonic()
+            reply = await self.connect(
+                {"sessions": sessions, "concurrency": concurrency, "churnable": True}
+            )
+            self.reopened += reply["ok"]
+            self.reopen_failed.update(reply["failed"])
+            self.reopen_secs = max(self.reopen_secs, time.monotonic() - t0)
+
+        self._churning = asyncio.ensure_future(reopen())
+        return {"closed": len(leaving), "busy": False}
 
     def heartbeat(self, cmd: dict[str, Any]) -> dict[str, Any]:
         """Every connection sends a ping once per ``interval`` s, phases spread evenly.
@@ -523,8 +543,9 @@ class LoadClient:
         """Reset every connection (SO_LINGER 0: no TIME_WAIT left on the source ports)."""
         if self._heartbeat is not None:
             self._heartbeat.cancel()
-        if self._soak is not None:
-            self._soak.cancel()
+        for task in (self._soak, self._churning):
+            if task is not None:
+                task.cancel()
         self.hb_slots = None
         self.running = False
         for conn in self.conns:
@@ -560,7 +581,7 @@ class LoadClient:
         if name == "soak_stop":
             return await self.soak_stop(cmd)
         if name == "churn":
-            return await self.churn(cmd)
+            return self.churn(cmd)
         if name == "close":
             return await self.close_all()
         raise ValueError(f"unknown command {name!r}")
