@@ -412,6 +412,20 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
         "lost": last["lost"],
         "other_cpu_pct_mean": sum(s["other_cpu_pct"] for s in samples) / len(samples),
     }
+    # RssAnon change over intervals where the server kept up (p99 under 1 s) vs the rest
+    # (a backlog: queued sends, big commit batches); after warm-up only.
+    steady = backlog = 0
+    steady_msgs = 0
+    for a, b in zip(after, after[1:], strict=False):
+        delta = b["rss_anon_kib"] - a["rss_anon_kib"]
+        if (b["deliver_ms"].get("p99") or 0) < 1000:
+            steady += delta
+            steady_msgs += b["acked_total"] - a["acked_total"]
+        else:
+            backlog += delta
+    out["rss_anon_growth_mib_keeping_up"] = steady / 1024
+    out["rss_anon_growth_mib_in_backlog"] = backlog / 1024
+    out["messages_keeping_up"] = steady_msgs
     growth = (max(span) - warm["rss_anon_kib"]) / 1024
     out["goals"] = {
         "rss_anon_flat_within_5mib_after_warmup": {"value": growth, "met": growth <= 5.0}
