@@ -251,15 +251,21 @@ def soak(
     if args.memdebug:
         debug["first"] = memdebug(run)
     k = 0
+    stopped: str | None = None
     while True:
         k += 1
         wake = start + k * args.sample_secs
         time.sleep(max(0.0, wake - time.monotonic()))
         now = time.monotonic() - start
-        if now >= next_churn and per_churn:
-            churns.append(churn(fleet, per_churn) | {"t": now})
-            next_churn += churn_every
-        replies = fleet.ask_all({"cmd": "soak_sample"}, 60)
+        try:
+            if now >= next_churn and per_churn:
+                churns.append(churn(fleet, per_churn) | {"t": now})
+                next_churn += churn_every
+            replies = fleet.ask_all({"cmd": "soak_sample"}, 120)
+        except RuntimeError as exc:  # a load client stopped answering: keep what was sampled
+            run.log(f"soak: stopping early at t={now:.0f}s: {exc}")
+            stopped = str(exc)
+            break
         sample = one_sample(run, target, fleet, replies, prev, now)
         samples.append(sample)
         if k % max(1, round(30 / args.sample_secs)) == 0:
@@ -273,11 +279,12 @@ def soak(
             )
         if not any(r["sending"] for r in replies) or now >= args.duration + 30:
             break
-    stop = fleet.ask_all({"cmd": "soak_stop", "drain": 10}, 60)
-    settle(args.settle)
-    final = one_sample(run, target, fleet, stop, prev, time.monotonic() - start)
-    final["final"] = True
-    samples.append(final)
+    if stopped is None:
+        stop = fleet.ask_all({"cmd": "soak_stop", "drain": 10}, 60)
+        settle(args.settle)
+        final = one_sample(run, target, fleet, stop, prev, time.monotonic() - start)
+        final["final"] = True
+        samples.append(final)
     if args.memdebug:  # then what malloc_trim gives back: free heap held vs live objects
         debug["last"] = memdebug(run, {"collect": True, "trim": True})
     return {
@@ -286,6 +293,7 @@ def soak(
         "malloc_env": {k: v for k, v in os.environ.items() if k.startswith(("MALLOC_", "GLIBC_"))},
         "samples": samples,
         "churns": churns,
+        "stopped_early": stopped,
         "memdebug": debug or None,
     }
 
