@@ -7,9 +7,10 @@ sessions per user, as ``density`` does: a password login costs ~20 ms of argon2,
 ``hello`` costs nothing like it). Every connection heartbeats (``--hb-interval``).
 
 The senders send ``--rate`` msgs/s in all (open loop, round-robin, ``--body`` characters) until
-``--total`` messages or ``--duration`` seconds, whichever comes first. Every minute
-``--churn-pct`` percent of all connections, taken at random among the idle ones, close (a
-WebSocket close) and reconnect with their token. Every ``--sample-secs`` the bench records:
+``--total`` messages or ``--duration`` seconds, whichever comes first. ``--churn-pct`` percent
+of all connections a minute, taken at random among the idle ones every ``--churn-every``
+seconds, close (a WebSocket close) and reconnect with their token. Every ``--sample-secs``
+the bench records:
 
 - the server's ``RssAnon`` and ``RssFile`` (``/proc/PID/status``): the Python heap and what
   glibc keeps of it, versus the mapped LMDB pages;
@@ -80,6 +81,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--churn-pct", type=float, default=5.0, help="%% of connections reconnecting a minute (5)"
     )
+    p.add_argument("--churn-every", type=float, default=60.0, help="seconds between churns (60)")
     p.add_argument("--sample-secs", type=float, default=5.0, help="seconds between samples (5)")
     p.add_argument("--body", type=int, default=100, help="message body characters (100)")
     p.add_argument(
@@ -241,8 +243,8 @@ def soak(
         30,
     )
     start = time.monotonic()
-    churn_every, next_churn = 60.0, 60.0
-    per_churn = int(held * args.churn_pct / 100)
+    churn_every = next_churn = args.churn_every
+    per_churn = int(held * args.churn_pct / 100 * args.churn_every / 60)
     samples: list[dict[str, Any]] = []
     churns: list[dict[str, Any]] = []
     debug: dict[str, Any] = {}

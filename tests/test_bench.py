@@ -210,3 +210,24 @@ def test_scaling_smoke(tmp_path: Path) -> None:
         assert row["relay_acked_per_s"] > 0 and row["latency_deliver_ms"]["p50"] > 0
     # Two shards talk through Redis: every cross-shard message is at least one XADD.
     assert rows["2_shards"]["redis_calls_per_msg"].get("xadd", 0) > 0
+
+
+def test_soak_smoke(tmp_path: Path) -> None:
+    """A few seconds of soak: pairs, a group, idle connections churned every 2 s; every
+    sample has the server's memory, the pages per message and the commit batch."""
+    result = run_bench(
+        tmp_path,
+        "soak",
+        *("--connections", "60", "--pairs", "5", "--groups", "1", "--members", "4"),
+        *("--idle-users", "3", "--rate", "50", "--duration", "6", "--sample-secs", "1"),
+        *("--churn-every", "2", "--churn-pct", "300", "--clients", "1", "--memdebug"),
+    )
+    soak = result["targets"]["chatd"]
+    last = soak["samples"][-1]
+    assert last["final"] and last["open"] == 60 and last["lost"] == 0
+    assert last["churned"] >= 6 and last["reopened"] == last["churned"]
+    assert last["acked_total"] > 100 and last["delivered_total"] > last["acked_total"]
+    assert all(s["rss_anon_kib"] > 0 and s["used_bytes_per_msg"] > 0 for s in soak["samples"])
+    assert any(s.get("mean_batch_msgs") for s in soak["samples"])
+    assert soak["memdebug"]["last"]["tables"]["sessions_devices"] == 60
+    assert "rss_anon_flat_within_5mib_after_warmup" in result["summary"]["goals"]
