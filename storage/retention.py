@@ -21,6 +21,8 @@ What each purge deletes:
 - ``inboxes``: a user's leading entries whose message has ts <= cutoff or is gone. An entry
   whose message is kept is never deleted, nor any entry after it: the inbox keeps every seq
   from its oldest kept entry to its head (see docs/protocol.md "Retention").
+- Neither deletes a channel's or an inbox's last item, however old: the last item is where
+  the next msg_id or seq is counted from (there is no other counter), so ids are never reused.
 """
 
 from __future__ import annotations
@@ -90,6 +92,14 @@ def _purge_plain(
     return (cursor.key() if positioned else None), deleted
 
 
+def _name(txn: Txn, number: int) -> str:
+    """A channel number's name; "" if it has none (then its entries count as gone)."""
+    try:
+        return channel_name(txn, number)
+    except KeyError:
+        return ""
+
+
 def _purge_refs(txn: Txn, cursor: Any, cutoff: int, budget: int) -> tuple[int, int, bytes | None]:
     """The refs of the cursor's user from its position, in ref order (not time order): look
     at up to ``budget``, delete the old ones. (deleted, examined, where to resume if the
@@ -104,7 +114,10 @@ def _purge_refs(txn: Txn, cursor: Any, cutoff: int, budget: int) -> tuple[int, i
     handle = txn.handle("refs")
     deleted = 0
     for item in items:
-        ts = ref_ts(txn, item)
+        try:
+            ts = ref_ts(txn, item)
+        except KeyError:  # a channel number with no name: nothing to answer with
+            ts = None
         if ts is None or ts <= cutoff:
             txn.raw.delete(key, item, db=handle)
             deleted += 1
@@ -131,11 +144,14 @@ def _purge_leading(
             _, number, msg_id = parse_inbox(item)
             channel = names.get(number)
             if channel is None:
-                channel = names[number] = channel_name(txn, number)
-            ts = message_ts(txn, channel, msg_id)
+                channel = names[number] = _name(txn, number)
+            ts = message_ts(txn, channel, msg_id) if channel else None
             old = ts is None or ts <= cutoff
         if not old:
             return deleted, examined, None
+        if not cursor.next_dup():  # the key's last item is kept: it holds the id counter
+            return deleted, examined, None
+        cursor.prev_dup()
         if db == "messages":
             txn.delete("bodies", int_key(name, msg_id))
         cursor.delete()

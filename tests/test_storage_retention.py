@@ -45,6 +45,18 @@ async def ten_days(store: Store) -> None:
                 ts=BASE - (10 - i) * DAY,
             )
         )
+    for i in (9, 8):  # a channel whose every message is past retention
+        await store.write(
+            partial(
+                append_message,
+                sender="dave",
+                ref=f"old{i}",
+                channel="dm:dave:erin",
+                members=["dave", "erin"],
+                body=f"{i} days ago",
+                ts=BASE - i * DAY,
+            )
+        )
     await store.write(
         partial(
             append_message,
@@ -76,6 +88,9 @@ def check_kept(store: Store) -> None:
     assert [e.seq for e in store.inbox("alice", 0, 100)] == [8, 9, 10, 11]
     assert store.channel_last_id(DM) == 10  # ids go on from the last one, never reused
     assert [m.body for m in store.channel_page("g:group0001")] == ["now"]
+    # a channel's and an inbox's last item stays, however old: ids go on from it
+    assert [m.msg_id for m in store.channel_page("dm:dave:erin")] == [2]
+    assert [e.seq for e in store.inbox("erin", 0, 10)] == [2] and store.inbox_head("erin") == 2
 
 
 async def test_the_sweep_purges_history_past_retention_and_refs_past_their_window(
@@ -99,9 +114,9 @@ async def test_the_sweep_purges_history_past_retention_and_refs_past_their_windo
             "ts": BASE,
             "inbox": 1,
         }
-        assert sweeper.purged == {"tokens": 0, "refs": 10, "messages": 7, "inboxes": 14}
+        assert sweeper.purged == {"tokens": 0, "refs": 12, "messages": 8, "inboxes": 16}
         await passes(sweeper, 2)  # a later pass finds nothing more to do
-        assert sweeper.purged["messages"] == 7
+        assert sweeper.purged["messages"] == 8
         nursery.cancel_scope.cancel()
         store.close()
 
@@ -112,7 +127,7 @@ async def test_a_purge_runs_in_chunks_of_at_most_limit_records(tmp_path: Path) -
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run)
         await ten_days(store)
-        for db, expected in (("messages", 7), ("inboxes", 14)):
+        for db, expected in (("messages", 8), ("inboxes", 16)):
             start: bytes | None = b""
             chunks = deleted = 0
             while start is not None:
@@ -135,6 +150,6 @@ async def test_without_retention_history_is_kept(
         nursery.start_soon(sweeper.run)
         await passes(sweeper, 1)
         assert len(store.channel_page(DM)) == 10 and len(store.inbox("alice", 0, 100)) == 11
-        assert sweeper.purged["messages"] == 0 and sweeper.purged["refs"] == 10
+        assert sweeper.purged["messages"] == 0 and sweeper.purged["refs"] == 12
         nursery.cancel_scope.cancel()
         store.close()
