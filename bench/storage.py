@@ -25,47 +25,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import lmdb
 import trio
 
 from bench import report
 from chatd.domain.channels import dm_channel
 from chatd.domain.messaging_tx import append_message
 from storage import Store
-from storage.env import DATABASES
-
-
-def page_stats(path: str) -> dict[str, dict[str, int]]:
-    """Per sub-database: entries, depth and branch/leaf/overflow pages and their bytes."""
-    env = lmdb.open(path, readonly=True, lock=False, max_dbs=len(DATABASES) + 8)
-    try:
-        psize = env.stat()["psize"]
-        out: dict[str, dict[str, int]] = {}
-        with env.begin() as txn:
-            for name in DATABASES:
-                try:
-                    db = env.open_db(name.encode(), txn=txn, create=False)
-                except lmdb.NotFoundError:
-                    continue
-                st = txn.stat(db)
-                pages = st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
-                out[name] = {
-                    "entries": st["entries"],
-                    "depth": st["depth"],
-                    "branch_pages": st["branch_pages"],
-                    "leaf_pages": st["leaf_pages"],
-                    "overflow_pages": st["overflow_pages"],
-                    "bytes": pages * psize,
-                }
-        info = env.info()
-        out["_env"] = {
-            "psize": psize,
-            "last_pgno": info["last_pgno"],
-            "used_bytes": (info["last_pgno"] + 1) * psize,
-        }
-        return out
-    finally:
-        env.close()
+from storage.offline import pages as page_stats
 
 
 async def fill(

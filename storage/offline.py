@@ -103,3 +103,38 @@ def compact(path: str | Path) -> dict[str, Any]:
     os.replace(tmp / "data.mdb", data)
     shutil.rmtree(tmp, ignore_errors=True)
     return {"file_bytes_before": before, "file_bytes_after": data.stat().st_size}
+
+
+def pages(path: str | Path) -> dict[str, dict[str, int]]:
+    """Per sub-database, what ``mdb_stat`` shows: entries, depth, branch / leaf / overflow
+    pages and their bytes (``bytes``); ``_env``: page size and the bytes of the map in use.
+    Read-only, safe beside a server (``python -m bench storage`` reads it)."""
+    env = _open(path)
+    try:
+        psize = env.stat()["psize"]
+        out: dict[str, dict[str, int]] = {}
+        with env.begin() as txn:
+            for name in DATABASES:
+                try:
+                    db = env.open_db(name.encode(), txn=txn, create=False)
+                except lmdb.NotFoundError:
+                    continue
+                st = txn.stat(db)
+                used = st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
+                out[name] = {
+                    "entries": st["entries"],
+                    "depth": st["depth"],
+                    "branch_pages": st["branch_pages"],
+                    "leaf_pages": st["leaf_pages"],
+                    "overflow_pages": st["overflow_pages"],
+                    "bytes": used * psize,
+                }
+        info = env.info()
+        out["_env"] = {
+            "psize": psize,
+            "last_pgno": info["last_pgno"],
+            "used_bytes": (info["last_pgno"] + 1) * psize,
+        }
+        return out
+    finally:
+        env.close()
