@@ -181,7 +181,10 @@ class Clients:
     def totals(self) -> dict[str, Any]:
         rows = [r for r in self.latest if r is not None]
         by: dict[int, int] = {}
+        why: dict[str, int] = {}
         for r in rows:
+            for k, v in r.get("ended_why", {}).items():
+                why[k] = why.get(k, 0) + v
             for k, v in r["by_connects"].items():
                 by[int(k)] = by.get(int(k), 0) + v
         return {
@@ -190,6 +193,7 @@ class Clients:
             "up": sum(r["up"] for r in rows),
             "connects": sum(r["connects"] for r in rows),
             "ended": sum(r["ended"] for r in rows),
+            "ended_why": why,
             "by_connects": by,
         }
 
@@ -344,7 +348,11 @@ def storm(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "met": max(accepts, default=0) <= args.accept_rate + args.accept_burst / args.sample,
         },
         "no_errors_in_server_log": {"value": len(problems), "met": not problems},
-        "no_session_refused": {"value": final["ended"], "met": final["ended"] == 0},
+        "no_session_refused": {
+            "value": final["ended"],
+            "why": final["ended_why"],
+            "met": final["ended"] == 0,
+        },
     }
     summary = {
         "sessions": args.sessions,
@@ -444,8 +452,13 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(scenario="storm")
 
 
+def _interrupted(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(args: argparse.Namespace) -> int:
     """Run, write the JSON and PNG; 1 unless every goal was met."""
+    signal.signal(signal.SIGTERM, _interrupted)  # stop what we started on the way out
     workdir = Path(tempfile.mkdtemp(prefix="chatd-storm-"))
     result = report.envelope("storm", {k: v for k, v in vars(args).items() if k != "func"}, None)
     try:

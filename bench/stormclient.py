@@ -77,6 +77,7 @@ class Holder:
 
 def report(holders: list[Holder]) -> dict[str, Any]:
     by: Counter[int] = Counter()
+    why: Counter[str] = Counter()
     up = ended = connects = 0
     for h in holders:
         s = h.session
@@ -87,6 +88,11 @@ def report(holders: list[Holder]) -> dict[str, Any]:
         connects += s.connects
         if s._ended is not None:  # over for good (the bench counts these as failures)
             ended += 1
+            end = s._ended
+            if isinstance(end, dict):
+                why[f"{end.get('code')}: {end.get('message')}"[:80]] += 1
+            else:
+                why[f"close {end.reason.code if end.reason else None}"] += 1
         elif s._up.is_set():
             up += 1
     return {
@@ -96,6 +102,7 @@ def report(holders: list[Holder]) -> dict[str, Any]:
         "connects": connects,
         "by_connects": {str(k): v for k, v in sorted(by.items())},
         "ended": ended,
+        "ended_why": dict(why),
         "failed_first": sum(h.failed_first for h in holders),
     }
 

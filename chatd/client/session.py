@@ -16,7 +16,10 @@ snapshot).
 
 A session ends for good when the server refuses it: a revoked or expired token (close 4001 or
 an ``unauthorized`` answer to the reconnect's ``hello``), ``too_many_sessions``, or any other
-refused ``hello``. It stops reconnecting, and every later operation (``send``, ``send_frame``,
+refused ``hello`` except the ones that mean "not now" (``unavailable``, ``rate_limited``, and
+the ``bad_request`` of a hello the server did not read within its deadline, as happens under
+a reconnect storm): those are retried with backoff like a dropped connection. A refused
+session stops reconnecting, and every later operation (``send``, ``send_frame``,
 ``next_frame``, ``messages`` once the buffered frames are read) raises :class:`ChatError` with
 that code. After a close it does not reconnect from (any close with ``reconnect=False``), the
 session is over too: ``send`` and ``send_frame`` raise ``ConnectionClosed`` and ``messages``
@@ -108,6 +111,17 @@ class ChatError(Exception):
         super().__init__(f"{frame.get('code')}: {frame.get('message')}")
         self.frame = frame
         self.code = frame.get("code")
+
+
+#: Answers to our ``hello`` that say "not now" rather than "never": the server is busy or its
+#: storage unavailable, or it did not read our hello within ``server.hello_timeout`` (the
+#: only ``bad_request`` a hello this library built can get; close 1008, "reconnect").
+RETRY_HELLO_CODES = {"unavailable", "rate_limited", "bad_request"}
+
+
+class RefusedForNow(ChatError):
+    """The server answered ``hello`` with an error worth retrying (:data:`RETRY_HELLO_CODES`):
+    a reconnect backs off and tries again instead of ending the session."""
 
 
 class Connects(Protocol):
@@ -210,13 +224,16 @@ class Session:
         """Send any frame as is (no ack tracking); waits while reconnecting."""
         await self._up.wait()
         self._raise_if_over()
-        assert self._ws is not None
+        ws = self._ws
+        if ws is None:
+            # Reconnecting: the connect that set ``_up`` failed after it (``Event.wait``
+            # checkpoints even when set). Found by ``python -m bench storm``: this was an
+            # AssertionError that ended the whole session, from its heartbeat task.
+            raise ConnectionClosed(CloseReason(1006, "reconnecting"))
         if self.client.binary:
-            await self._ws.send_message(msgpack.packb(frame))
+            await ws.send_message(msgpack.packb(frame))
         else:
-            await self._ws.send_message(
-                json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
-            )
+            await ws.send_message(json.dumps(frame, ensure_ascii=False, separators=(",", ":")))
 
     async def next_frame(self) -> dict[str, Any]:
         """The next server frame other than acks, replies and pongs (msg, presence, ...).
@@ -282,6 +299,8 @@ class Session:
             await ws._stream.aclose()
 
     async def _connect(self) -> None:
+        if self._up.is_set() and not self._done:
+            self._up = trio.Event()  # a previous attempt got as far as setting it, then failed
         await self._discard()
         self._lagging = False  # the replay from the cursor brings whatever was dropped
         subprotocol = "chatd.v1.msgpack" if self.client.binary else "chatd.v1.json"
@@ -296,6 +315,8 @@ class Session:
         self.welcome = self._decode(await ws.get_message())
         if self.welcome.get("type") != "welcome":
             await ws.aclose()
+            if self.welcome.get("code") in RETRY_HELLO_CODES:
+                raise RefusedForNow(self.welcome)
             raise ChatError(self.welcome)
         if self.cursor is None:
             self.cursor = self.welcome["inbox_head"]
@@ -340,6 +361,8 @@ class Session:
                 try:
                     await self._connect()
                     break
+                except RefusedForNow:  # busy, or it missed our hello under load: back off
+                    continue
                 except ChatError as refused:  # the server answered hello with an error
                     await self._end(refused.frame)
                     return
