@@ -123,3 +123,57 @@ async def test_a_connect_the_server_drops_before_the_upgrade_answer_is_given_up(
         assert trio.current_time() - t0 >= client_session.CONNECT_TIMEOUT
         nursery.cancel_scope.cancel()
     listener.close()
+
+
+async def test_a_hello_answered_not_now_is_retried_not_the_end_of_the_session() -> None:
+    """A peer speaking the protocol by hand: the first connection is welcomed and closed
+    1001 (a drain), the second's hello answered ``unavailable`` (busy), the third welcomed.
+    The session survives the refusal and reconnects (``RefusedForNow``)."""
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
+
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    answers = [
+        {"type": "welcome", "user_id": "alice", "device_id": "d1", "inbox_head": 0},
+        {"type": "error", "code": "unavailable", "message": "busy"},
+        {"type": "welcome", "user_id": "alice", "device_id": "d2", "inbox_head": 0},
+    ]
+    served = trio.Event()
+
+    async def serve_one(conn: trio.socket.SocketType, answer: dict[str, object]) -> None:
+        ws = WSConnection(ConnectionType.SERVER)
+        while True:
+            ws.receive_data(await conn.recv(65536))
+            events = list(ws.events())
+            if any(isinstance(e, Request) for e in events):
+                await conn.send(ws.send(AcceptConnection(subprotocol="chatd.v1.json")))
+            if any(isinstance(e, TextMessage) for e in events):  # the hello
+                await conn.send(ws.send(TextMessage(data=json.dumps(answer))))
+                code = 1001 if answer["type"] == "welcome" else 1013
+                if answer is answers[-1]:
+                    served.set()
+                    await trio.sleep_forever()
+                await conn.send(ws.send(CloseConnection(code=code)))
+                return
+
+    async def serve() -> None:
+        for answer in answers:
+            conn, _ = await listener.accept()
+            with conn:
+                await serve_one(conn, answer)
+
+    client = ChatClient(f"http://127.0.0.1:{port}", "alice", token="alice.token")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve)
+        with trio.fail_after(30):
+            async with client.session(heartbeat=None) as s:
+                await served.wait()
+                while s.connects < 2:  # noqa: ASYNC110 (the welcome is handled in _keep)
+                    await trio.sleep(0.01)
+                assert s.welcome["device_id"] == "d2"
+                assert s._ended is None  # not over: the refusal was retried
+        nursery.cancel_scope.cancel()
+    listener.close()
