@@ -20,6 +20,13 @@ the keys the new shard wins (about 1/N of them) and removing one moves only its 
     score(shard, key) = blake2b(shard.name + "\\0" + key, digest_size=8) as a big-endian integer
     home(key)         = the shard with the highest score (equal scores: the greater name)
 
+One exception keeps 1:1 chat one hop long: a 1:1 channel ``dm:<a>:<b>`` is placed by the same
+score, but only among its two members' homes (one shard if they share it). Its sequencer is
+then always the sender's home or the recipient's, never a third shard. Adding or removing a
+shard moves such a channel only if one of its members moves (it may then go to the other
+member's home): a re-shard moves more 1:1 channels than 1/N, which ``chatd reshard`` handles
+like any other sequencer change, for one hop less on every cross-shard 1:1 message.
+
 The function depends only on the shard names and the key (never on the order of the file, the
 URLs or the process), so every shard, and any tool, computes the same home.
 """
@@ -118,7 +125,7 @@ class Discovery:
         )
         object.__setattr__(self, "_by_name", by_name)
         object.__setattr__(self, "_prefixes", prefixes)
-        home: Callable[[str], Shard] = lru_cache(maxsize=HOME_CACHE_SIZE)(self._rendezvous)
+        home: Callable[[str], Shard] = lru_cache(maxsize=HOME_CACHE_SIZE)(self._place)
         object.__setattr__(self, "_home", home)
 
     @property
@@ -139,10 +146,18 @@ class Discovery:
         """The shard that owns ``key`` (a user_id or a channel id): see the module docstring."""
         return self._home(key)
 
-    def _rendezvous(self, key: str) -> Shard:
+    def _place(self, key: str) -> Shard:
         prefixes = self._prefixes
         if len(prefixes) == 1:
             return self._by_name[prefixes[0][1]]
+        if key.startswith("dm:"):
+            a, sep, b = key[3:].partition(":")
+            if sep and a and b and ":" not in b:
+                homes = {self._home(a).name, self._home(b).name}
+                prefixes = tuple(p for p in prefixes if p[1] in homes)
+        return self._rendezvous(key, prefixes)
+
+    def _rendezvous(self, key: str, prefixes: tuple[tuple[Any, str], ...]) -> Shard:
         data = key.encode("utf-8", "surrogatepass")
         best_score = b""
         best_name = ""

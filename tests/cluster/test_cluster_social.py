@@ -172,16 +172,21 @@ async def test_redis_down_for_ten_seconds(shards: Shards, redis_server: RedisSer
         nursery.cancel_scope.cancel()
 
 
-async def test_dm_sequenced_on_a_third_shard(shards: Shards) -> None:
-    """A 1:1 channel whose sequencer homes neither user: sends, history and receipts work."""
+async def test_dm_sequenced_on_the_recipients_home(shards: Shards) -> None:
+    """A 1:1 channel is sequenced on one of its members' homes (never a third shard); here the
+    recipient's, so the sender's send is forwarded: sends, history and receipts work."""
     i = 0
     while True:
         a, b = f"t{i:04d}a", f"t{i:04d}b"
-        homes = {shards.home(a).name, shards.home(b).name}
         channel = f"dm:{a}:{b}"
-        if len(homes) == 2 and shards.discovery.home(channel).name not in homes:
+        if shards.home(a).name != shards.home(b).name == shards.discovery.home(channel).name:
             break
         i += 1
+    assert all(
+        shards.discovery.home(f"dm:t{j:04d}a:t{j:04d}b").name
+        in (shards.home(f"t{j:04d}a").name, shards.home(f"t{j:04d}b").name)
+        for j in range(200)
+    )
     logins = await signup_login(shards, [a, b])
     tok = {u: logins[u]["token"] for u in logins}
     async with trio.open_nursery() as nursery:

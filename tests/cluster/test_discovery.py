@@ -286,8 +286,38 @@ def blake_home(names: list[str], key: str) -> str:
 
 def test_home_follows_the_documented_rule() -> None:
     d = shards("s1", "s2", "s3")
-    for key in IDS[:2000] + ["", "\u00e9l\u00e8ve", "dm:alice:bob", "g:" + "x" * 300]:
+    for key in IDS[:2000] + ["", "\u00e9l\u00e8ve", "dm:alice", "g:" + "x" * 300]:
         assert d.home(key).name == blake_home(["s1", "s2", "s3"], key), key
+
+
+def test_a_dm_channel_is_sequenced_on_one_of_its_members_homes() -> None:
+    """The documented exception: the same score, among the members' homes only."""
+    names = ["s1", "s2", "s3", "s4", "s5"]
+    d = shards(*names)
+    pairs = [(IDS[i], IDS[i + 1]) for i in range(0, 6000, 2)]
+    seen_sender_home = seen_recipient_home = 0
+    for a, b in pairs:
+        channel = f"dm:{min(a, b)}:{max(a, b)}"
+        homes = sorted({blake_home(names, a), blake_home(names, b)})
+        assert d.home(channel).name == blake_home(homes, channel), channel
+        seen_sender_home += d.home(channel).name == d.home(a).name
+        seen_recipient_home += d.home(channel).name == d.home(b).name
+    # Either member's home, about evenly (a pair on one home counts for both).
+    assert 0.4 <= seen_sender_home / len(pairs) <= 0.7
+    assert 0.4 <= seen_recipient_home / len(pairs) <= 0.7
+
+
+def test_adding_a_shard_moves_a_dm_channel_only_with_a_member() -> None:
+    before, after = shards("s1", "s2", "s3"), shards("s1", "s2", "s3", "s4")
+    pairs = list(zip(IDS[:4000:2], IDS[1:4000:2], strict=True))
+    moved = 0
+    for a, b in pairs:
+        channel = f"dm:{min(a, b)}:{max(a, b)}"
+        if before.home(channel).name != after.home(channel).name:
+            moved += 1
+            assert "s4" in (after.home(a).name, after.home(b).name), channel
+            assert after.home(channel).name in (after.home(a).name, after.home(b).name)
+    assert 0 < moved / len(pairs) <= 0.5
 
 
 def test_home_is_deterministic_and_ignores_file_order() -> None:

@@ -117,7 +117,17 @@ def test_adding_a_shard_moves_a_quarter_and_loses_nothing_twice(tmp_path: Path) 
     moved = sum(report.users.values())
     assert 0.1 * len(users) <= moved <= 0.45 * len(users), report.users
     assert {to for _, to in report.users} == {"s4"}  # rendezvous: all to the new shard
-    assert report.channels and {to for _, to in report.channels} == {"s4"}
+    # A group follows rendezvous (to the new shard); a 1:1 channel its members' homes.
+    assert report.channels
+    for channel in channels:
+        seq = new.home(channel).name
+        if is_group(channel):
+            assert seq in ("s4", old.home(channel).name), channel
+        else:
+            assert seq in {new.home(u).name for u in dm_members(channel) or ()}, channel
+    assert sum(report.channels.values()) == sum(
+        old.home(c).name != new.home(c).name for c in channels
+    )
     _same(before, _snapshot(root, new, users, channels))
     again = _run(root, old, new)  # a second run: nothing left to move
     assert not again.users and not again.channels
@@ -191,8 +201,7 @@ def test_confirmed_records_not_yet_deleted_do_not_stop_the_move(tmp_path: Path) 
     channel = next(
         c
         for c in channels
-        if c.startswith("dm:")
-        and cluster.home(c) not in {cluster.home(u) for u in c.split(":")[1:]} | {""}
+        if c.startswith("dm:") and len({cluster.home(u) for u in c.split(":")[1:]}) == 2
     )
     a, b = channel.split(":")[1:]
     cluster.send(a, channel, "last", "last-ref", b)
