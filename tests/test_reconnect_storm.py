@@ -136,7 +136,7 @@ async def test_a_hello_answered_not_now_is_retried_not_the_end_of_the_session() 
     await listener.bind(("127.0.0.1", 0))
     listener.listen(8)
     port = listener.getsockname()[1]
-    answers = [
+    answers: list[dict[str, object]] = [
         {"type": "welcome", "user_id": "alice", "device_id": "d1", "inbox_head": 0},
         {"type": "error", "code": "unavailable", "message": "busy"},
         {"type": "welcome", "user_id": "alice", "device_id": "d2", "inbox_head": 0},
