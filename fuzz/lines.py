@@ -16,6 +16,7 @@ import threading
 import types
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 from fuzz import ROOT
 
@@ -41,13 +42,13 @@ def main(argv: list[str]) -> int:
     hits: Hit = defaultdict(set)
     prefix = str(SOURCE)
 
-    def tracer(frame: types.FrameType, event: str, arg: object) -> object:
+    def tracer(frame: types.FrameType, event: str, arg: Any) -> Any:
         filename = frame.f_code.co_filename
         if not filename.startswith(prefix):
             return None
         seen = hits[filename]
 
-        def lines(frame: types.FrameType, event: str, arg: object) -> object:
+        def lines(frame: types.FrameType, event: str, arg: Any) -> Any:
             if event == "line":
                 seen.add(frame.f_lineno)
             return lines
