@@ -1,19 +1,21 @@
 """WebSocket connections: the per-connection IO shell (after chatd/net/handshake.py's 101).
 
-Density is the design goal. Each connection is one task, a non-blocking socket, a frame-level
-``wsproto.connection.Connection`` (the HTTP handshake was done by h11 and dropped) and one
-:class:`Conn` with ``__slots__``. Writing (no writer task while the peer keeps up, a bounded
-buffer, a flusher only when the kernel's is full) is ``chatd/net/outbound.py``; messages that
-arrive in pieces are put together by ``chatd/net/reassembly.py``; the protocol state (hello,
-sync, in-flight count) is the pure session machine of ``chatd/protocol/session.py``. Reads are
-processed in batches: replies produced while handling one ``recv`` are written with one
-``send``.
+Density is the design goal. An idle connection is a non-blocking socket parked in one epoll
+set (``chatd/net/parking.py``: no task of its own), one :class:`Conn` with ``__slots__`` and its
+session; it has a task only while it must wait (a replay, backpressure, its close), and its
+deadlines are the heartbeat wheel's (``chatd/net/heartbeat.py``). Small whole frames are parsed
+by :meth:`Conn._on_bytes`; a frame-level ``wsproto.connection.Connection`` is made only for
+anything else (the HTTP handshake was done by h11 and dropped). Writing (no writer task while
+the peer keeps up, a bounded buffer, a flusher only when the kernel's is full) is
+``chatd/net/outbound.py``; messages that arrive in pieces are put together by
+``chatd/net/reassembly.py``; the protocol state (hello, sync, in-flight count) is the pure
+session machine of ``chatd/protocol/session.py``. Reads are processed in batches: replies
+produced while handling one ``recv`` are written with one ``send``.
 
 A connection is the domain's :class:`~chatd.domain.ports.DeviceSink`: the domain hands it
 frames (``deliver``, ``notify``, ``reply``, ``finished``) and never sees a socket. Frames shared
 by many devices (:class:`~chatd.domain.ports.Shared`) are encoded once per subprotocol and the
-same bytes go to every device; wsproto is only used to parse client frames and for control
-frames.
+same bytes go to every device.
 """
 
 from __future__ import annotations
