@@ -226,10 +226,13 @@ class Session:
         self._raise_if_over()
         ws = self._ws
         if ws is None:
-            # Reconnecting: the connect that set ``_up`` failed after it (``Event.wait``
-            # checkpoints even when set). Found by ``python -m bench storm``: this was an
-            # AssertionError that ended the whole session, from its heartbeat task.
+            # Reconnecting since ``_up`` was seen set (``Event.wait`` checkpoints even when
+            # set). Found by ``python -m bench storm``: this was an AssertionError that ended
+            # the whole session, from its heartbeat task.
             raise ConnectionClosed(CloseReason(1006, "reconnecting"))
+        await self._send_on(ws, frame)
+
+    async def _send_on(self, ws: WebSocketConnection, frame: dict[str, Any]) -> None:
         if self.client.binary:
             await ws.send_message(msgpack.packb(frame))
         else:
@@ -299,8 +302,12 @@ class Session:
             await ws._stream.aclose()
 
     async def _connect(self) -> None:
+        """Connect, say hello, read the welcome; only then is the session up (``_up`` set):
+        the hello must be the first frame, and a heartbeat or a send waiting for the
+        reconnect would otherwise get in before it (the server then closes 4001, for good;
+        found by ``python -m bench storm``, where every heartbeat is due at the reconnect)."""
         if self._up.is_set() and not self._done:
-            self._up = trio.Event()  # a previous attempt got as far as setting it, then failed
+            self._up = trio.Event()  # an attempt that got that far failed after its welcome
         await self._discard()
         self._lagging = False  # the replay from the cursor brings whatever was dropped
         subprotocol = "chatd.v1.msgpack" if self.client.binary else "chatd.v1.json"
@@ -308,10 +315,8 @@ class Session:
         assert self.client.token is not None  # session() logs in first
         hello = frames.hello_frame(self.client.token, self.cursor)
         self._ws = ws
-        self._up = trio.Event()
-        self._up.set()
         self.synced = trio.Event()
-        await self.send_frame(hello)
+        await self._send_on(ws, hello)
         self.welcome = self._decode(await ws.get_message())
         if self.welcome.get("type") != "welcome":
             await ws.aclose()
@@ -322,6 +327,7 @@ class Session:
             self.cursor = self.welcome["inbox_head"]
             self.synced.set()
         self.connects += 1
+        self._up.set()
         for frame, _, _ in list(self._pending.values()):
             await self.send_frame(frame)
 
