@@ -444,7 +444,9 @@ def add_parser(sub: Any) -> None:
         default=["term", "kill"],
         help="restart kinds in order: term (SIGTERM drain), kill (SIGKILL) (term,kill)",
     )
-    p.add_argument("--concurrency", type=int, default=100, help="first connects per process")
+    p.add_argument(
+        "--concurrency", type=int, default=100, help="connects in flight per client process (100)"
+    )
     p.add_argument("--heartbeat", type=float, default=20.0, help="sessions' ping period (20)")
     p.add_argument("--accept-rate", type=float, default=2000.0, help="server.accept_rate (2000)")
     p.add_argument("--accept-burst", type=int, default=1000, help="server.accept_burst (1000)")

@@ -12,6 +12,13 @@ total welcomes so far, "by_connects": {welcomes: sessions}, "ended": sessions ov
 ``by_connects`` is how the bench sees who is back after its k-th restart (a session with k+1
 welcomes reconnected after it). It exits on SIGTERM or after ``--max-secs``.
 
+At most ``--concurrency`` connects (first ones and reconnects alike) are in flight per process:
+each real client is a process of its own, and thousands of sessions packed into one starved
+process would otherwise open their TCP connections at once and then take longer than the
+server's ``server.header_timeout`` (10 s) to write their upgrade requests, which the server
+rightly closes: a livelock of the load generator, not of the server (seen in a 10,000-session
+run on a machine at load average 30-45).
+
 Run as ``python -m bench.stormclient --url URL --tokens FILE``; ``FILE`` is a JSON list of
 ``[user_id, token]``, one per session (tokens are shared by many sessions: argon2 logins
 are expensive).
@@ -107,9 +114,21 @@ def report(holders: list[Holder]) -> dict[str, Any]:
     }
 
 
+def limit_connects(sem: trio.Semaphore) -> None:
+    """Every session's connect in this process holds ``sem`` (see the module docstring)."""
+    connect = Session._connect
+
+    async def limited(self: Session) -> None:
+        async with sem:
+            await connect(self)
+
+    Session._connect = limited  # type: ignore[method-assign]
+
+
 async def amain(args: argparse.Namespace, pairs: list[list[str]]) -> None:
+    limit_connects(trio.Semaphore(args.concurrency))
     holders = [Holder(args.url, user, token, args.heartbeat) for user, token in pairs]
-    sem = trio.Semaphore(args.concurrency)
+    sem = trio.Semaphore(args.concurrency * 4)  # sessions being opened (each connect is limited)
     with trio.move_on_after(args.max_secs):
         async with trio.open_nursery() as nursery:
             for h in holders:
@@ -124,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.stormclient")
     p.add_argument("--url", required=True, help="chatd's base URL")
     p.add_argument("--tokens", required=True, help="JSON file: [[user_id, token], ...]")
-    p.add_argument("--concurrency", type=int, default=100, help="first connects in flight")
+    p.add_argument("--concurrency", type=int, default=100, help="connects in flight")
     p.add_argument("--heartbeat", type=float, default=20.0, help="ping frame period, seconds")
     p.add_argument("--every", type=float, default=0.25, help="report period, seconds")
     p.add_argument("--max-secs", type=float, default=600.0, help="hard lifetime")
