@@ -17,13 +17,19 @@ transactions, one batch at a time. Its call of :meth:`Env.commit_batch
 <storage.env.Env.commit_batch>` begins the write transaction, runs every op, and commits (or
 aborts) it before returning: a transaction never outlives the synchronous call that began it,
 so it is never held across an ``await`` and never touched by two threads (LMDB's write lock
-belongs to the thread that took it). ``tests/test_storage_guards.py`` checks both. When the map
+belongs to the thread that took it). ``tests/test_storage_guards.py`` and
+``tests/test_storage_writer.py`` check both. When the map
 is full the thread asks the event loop to grow it (between the loop's reads, none of which
 spans an ``await``) and runs the batch again.
 
-Why this shape (bench/README.md, "Dedicated writer thread"): the event loop's cost per op is
-an append under a lock; per batch, one wake of the loop. The earlier writer thread
-(``4f2d58e``, reverted) kept a trio task between the queue and the thread, one hop per batch.
+Why this shape (bench/README.md, "Dedicated writer thread"): per op the event loop appends to
+a list under a lock; per batch there is one wake of the loop (``run_sync_soon``) and, only if
+the thread sleeps, one wake of the thread. The thread is not woken by the op that finds it
+asleep but by the committer's task, which runs after the other tasks of that loop tick: the
+ops they queue make one batch (woken at once, the thread took one or two ops per batch at
+moderate rates and cost more CPU per message). And the commits stay out of trio's thread
+cache, where a thread that had hashed a password runs at nice 19 (chatd/domain/accounts.py).
+``tests/test_storage_writer.py`` checks the thread, its shutdown and the one-tick batch.
 
 The queue is bounded twice: in ops (``queue_size``) and in approximate bytes (``max_bytes``).
 Each op carries a size hint (a message's body dominates); its bytes count from the moment it is

@@ -1,10 +1,10 @@
 """The LMDB environment: sub-databases, read transactions, batched write transactions.
 
-Everything here is synchronous. :meth:`Env.commit_batch` runs in a worker thread (called by the
-committer); reads and :meth:`Env.grow` run on the event-loop thread. LMDB allows one reader
-thread and one writer thread at once, and ``set_mapsize`` needs no open transaction in the
-process: reads never await while a read transaction is open, so growing the map from the loop
-thread between batches is safe.
+Everything here is synchronous. :meth:`Env.commit_batch` runs in the committer's dedicated
+writer thread (``storage/writer.py``); reads and :meth:`Env.grow` run on the event-loop thread.
+LMDB allows one reader thread and one writer thread at once, and ``set_mapsize`` needs no open
+transaction in the process: reads never await while a read transaction is open, so growing the
+map from the loop thread between batches is safe.
 """
 
 from __future__ import annotations
