@@ -2,7 +2,8 @@
 transaction, fed straight from a queue the event loop appends to.
 
 Why a thread of its own, fed directly: the event loop only appends an op to a list (under a
-lock held for a few instructions) and wakes the thread if it sleeps; the thread takes
+lock held for a few instructions); if the thread sleeps, the caller wakes it once its burst
+of puts is over (the committer: once per loop tick, from its task). The thread takes
 everything queued (up to ``max_batch``), runs the batch in one call of ``commit`` (which begins
 and commits one write transaction), and hands the batch back with one
 ``TrioToken.run_sync_soon`` per batch. While it commits, the next batch accumulates in the
@@ -11,8 +12,9 @@ capacity limiter, a cancel scope, a context copy and two thread renames per call
 write transaction can never be held across an ``await``: it lives inside one synchronous call
 in this thread.
 
-The thread runs no trio code. Everything it hands back goes through ``deliver(batch, size)``
-and ``exited()`` on the event loop (both scheduled with the run's token).
+The thread runs no trio code except ``trio.from_thread`` (the committer's map growth).
+Everything it hands back goes through ``deliver(batch, size)`` and ``exited()`` on the event
+loop (both scheduled with the run's token).
 """
 
 from __future__ import annotations
