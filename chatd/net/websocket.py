@@ -438,7 +438,7 @@ class Conn(Outbound):
         """Handle the events in wsproto's buffer, replies corked into one write."""
         self.corked = True
         try:
-            for event in self.ws.events():
+            for event in self._proto().events():
                 self._on_event(event, max_frame)
                 if self.closing:
                     break
@@ -459,9 +459,9 @@ class Conn(Outbound):
             else:
                 self._on_message(event, max_frame)
         elif isinstance(event, Ping):
-            self._write(self.ws.send(event.response()))
+            self._write(self._proto().send(event.response()))
         elif isinstance(event, CloseConnection):
-            self._write(self.ws.send(event.response()))
+            self._write(self._proto().send(event.response()))
             self.session.close()
             self.closing = True
 

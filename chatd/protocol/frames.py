@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -226,7 +227,7 @@ class _Packers(threading.local):
     most of the cost of encoding a small frame (a Packer is not safe to share)."""
 
     def __init__(self) -> None:
-        self.pack = msgpack.Packer(use_bin_type=True).pack
+        self.pack: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True).pack
 
 
 _packers = _Packers()
