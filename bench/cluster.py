@@ -12,8 +12,8 @@ Three measurements, each bounded in count and time:
    - ``cross_forwarded``: homes differ, the sequencer is the recipient's home (the sender's
      shard forwards the send over the peer listener; the sequencer delivers locally and
      answers with the record for the sender's inbox);
-   - ``same_home_remote_seq``: both users on one shard, their channel sequenced on the other
-     (forwarded there, then relayed back): a quarter of random pairs on 2 shards.
+   (A 1:1 channel is sequenced on one of its members' homes, so there is no third kind: two
+   users on one shard are always ``local``.)
 
 2. **CPU per message** of each window: CPU seconds of every shard process plus redis-server
    (``/proc/PID/stat`` user + system, over the measuring window) / acked messages; the ratio
@@ -47,13 +47,12 @@ from bench.run import Run, settle
 from bench.shards import Cluster, dm_channel
 from bench.targets import commit_figures
 
-KINDS = ("local", "cross_seq_sender", "cross_forwarded", "same_home_remote_seq")
+KINDS = ("local", "cross_seq_sender", "cross_forwarded")
 CROSS = ("cross_seq_sender", "cross_forwarded")
 KIND_LABELS = {
     "local": "same shard (sender, recipient, sequencer)",
     "cross_seq_sender": "cross-shard, sequencer = sender's home",
     "cross_forwarded": "cross-shard, forwarded (sequencer = recipient's home)",
-    "same_home_remote_seq": "same home, sequencer on the other shard",
 }
 DRAIN = 10.0
 Pair = tuple[str, str]
@@ -87,16 +86,14 @@ def plan(cluster: Cluster, pairs: int, relay_pairs: int, seed: int) -> dict[str,
 
 
 def kind_of(cluster: Cluster, sender: str, recipient: str) -> str:
-    hs, hr, seq = (
-        cluster.home(sender),
-        cluster.home(recipient),
-        cluster.home(dm_channel(sender, recipient)),
-    )
+    hs, hr = cluster.home(sender), cluster.home(recipient)
     if hs == hr:
-        return "local" if seq == hs else "same_home_remote_seq"
-    if seq == hs:
-        return "cross_seq_sender"
-    return "cross_forwarded" if seq == hr else "cross_seq_third"
+        return "local"
+    return (
+        "cross_seq_sender"
+        if cluster.home(dm_channel(sender, recipient)) == hs
+        else "cross_forwarded"
+    )
 
 
 def _kinds(cluster: Cluster, users: list[str], pairs: int) -> dict[str, list[Pair]]:
@@ -110,30 +107,13 @@ def _kinds(cluster: Cluster, users: list[str], pairs: int) -> dict[str, list[Pai
         for j in range(i + 1, len(homes)):
             for a, b in zip(homes[i], homes[j], strict=False):
                 seq = cluster.home(dm_channel(a, b))
-                if seq not in (cluster.home(a), cluster.home(b)):
-                    continue  # a third shard sequences it (3+ shards): neither kind
                 s, r = (a, b) if seq == cluster.home(a) else (b, a)
                 out["cross_seq_sender"].append((s, r))
                 out["cross_forwarded"].append((r, s))
-    # Same home: greedy matching within each shard, alternating shards.
-    for kind in ("local", "same_home_remote_seq"):
-        per_home = [_match(cluster, members, kind) for members in by_home.values()]
-        for row in _interleave(per_home):
-            out[kind].append(row)
+    # Same home (always sequenced there): pairs within each shard, alternating shards.
+    per_home = [list(zip(m[::2], m[1::2], strict=False)) for m in by_home.values()]
+    out["local"] = _interleave(per_home)
     return out
-
-
-def _match(cluster: Cluster, members: list[str], kind: str) -> list[Pair]:
-    free = list(members)
-    found: list[Pair] = []
-    while free:
-        a = free.pop(0)
-        for i, b in enumerate(free):
-            if kind_of(cluster, a, b) == kind:
-                found.append((a, b))
-                del free[i]
-                break
-    return found
 
 
 def _interleave(lists: list[list[Pair]]) -> list[Pair]:
@@ -553,7 +533,6 @@ def plot(result: dict[str, Any], path: Path) -> None:
         "local": "tab:blue",
         "cross_seq_sender": "tab:orange",
         "cross_forwarded": "tab:red",
-        "same_home_remote_seq": "tab:purple",
     }
     for kind, r in result.get("kinds", {}).items():
         cdf = r.get("deliver_cdf") or []

@@ -109,12 +109,7 @@ def test_cluster_smoke(tmp_path: Path) -> None:
         "2",
     )
     assert result["accounts"]["ws_url_mismatches"] == 0
-    assert set(result["kinds"]) == {
-        "local",
-        "cross_seq_sender",
-        "cross_forwarded",
-        "same_home_remote_seq",
-    }
+    assert set(result["kinds"]) == {"local", "cross_seq_sender", "cross_forwarded"}
     for kind in result["kinds"].values():
         assert kind["pairs"] == 3 and kind["connect"]["ok"] == 6
         assert kind["acked"] > 0 and kind["deliver_us"]["n"] > 0
