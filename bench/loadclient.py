@@ -452,7 +452,11 @@ class LoadClient:
         if self._soak is not None:
             self._soak.cancel()
             self._soak = None
-        await self._drain(float(cmd.get("drain", 10)))
+        drain = float(cmd.get("drain", 10))
+        if self._churning is not None and not self._churning.done():
+            # The final sample counts connections: let a churn still reconnecting finish.
+            await asyncio.wait([self._churning], timeout=drain)
+        await self._drain(drain)
         return self.soak_sample()
 
     def churn(self, cmd: dict[str, Any]) -> dict[str, Any]:
