@@ -147,7 +147,7 @@ async def test_gone_410_removes_the_subscription(tmp_path: Path) -> None:
                 await a.send(to="bob", body="second")  # no subscription: no job, no request
                 await trio.sleep(0.2)
             assert len(receiver.requests) == 1
-            assert pending_jobs(server) == 0
+            await until(lambda: pending_jobs(server) == 0)
             assert server.app.push is not None
             assert server.app.push.worker.counters.failed == 1
             async with HttpClient(server.url, token=bob.token) as http:
