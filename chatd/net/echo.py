@@ -12,9 +12,9 @@ measures the connection layer chat clients get (docs/conformance.md).
 from __future__ import annotations
 
 import socket
-import struct
 
 from chatd.net.websocket import Conn, WsServer
+from chatd.protocol.frames import ws_frame
 
 ECHO_PATH = "/v1/testing/echo"
 
@@ -37,24 +37,12 @@ class EchoConn(Conn):
         # reply would move the connection off the fast path (Conn._on_bytes) for good, and
         # the conformance run would test that path on one frame per case only.
         if isinstance(data, str):
-            self._write(server_frame(OP_TEXT, data.encode()))
+            self._write(ws_frame(data.encode(), OP_TEXT))
         else:
-            self._write(server_frame(OP_BINARY, bytes(data)))
+            self._write(ws_frame(bytes(data), OP_BINARY))
 
 
 OP_TEXT, OP_BINARY = 0x1, 0x2
-
-
-def server_frame(opcode: int, payload: bytes) -> bytes:
-    """One unfragmented, unmasked frame (RFC 6455 5.2), the minimal length encoding."""
-    n = len(payload)
-    if n < 126:
-        head = struct.pack("!BB", 0x80 | opcode, n)
-    elif n < 1 << 16:
-        head = struct.pack("!BBH", 0x80 | opcode, 126, n)
-    else:
-        head = struct.pack("!BBQ", 0x80 | opcode, 127, n)
-    return head + payload
 
 
 def start_echo(ws: WsServer, sock: socket.socket, trailing: bytes, peer: str = "") -> None:
