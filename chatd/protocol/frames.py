@@ -109,7 +109,7 @@ def _get(obj: dict[str, Any], name: str, kind: type, *, required: bool = True) -
             raise ProtocolError(f"missing field {name!r}")
         return None
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ProtocolError(f"field {name!r} must be a {'string' if kind is str else 'integer'}")
+        raise ProtocolError(f"field {name!r} must be {'a string' if kind is str else 'an integer'}")
     if isinstance(value, int) and not 0 <= value <= MAX_INT:
         raise ProtocolError(f"field {name!r} must be between 0 and {MAX_INT}")
     if isinstance(value, str) and not value.isascii():  # isascii: O(1), no copy
