@@ -39,28 +39,17 @@ from bench.report import percentiles
 from bench.run import Run, settle
 from bench.scaling import diff, redis_calls
 from bench.shards import Cluster
-from bench.targets import Target
+from bench.targets import BENCH_CONFIG, Target
 
 GOAL_RSS_GIB = 1.5
 GOAL_PROBE_MS = 1000.0
 MALLOC_ENV = "MALLOC_MMAP_THRESHOLD_"
 
-SCALE_CONFIG = """\
-# chatd config of the scale bench: limits out of the way of the load, sessions per user raised
-# so that a few users hold many connections (argon2id signups are ~20 ms of CPU each).
-[server]
-max_connections = 19500
-
-[limits]
-max_connections_per_ip = 19500
-send_rate = 1000000.0
-send_burst = 1000000
-login_rate = 1000000.0
-login_burst = 1000000
-signup_rate = 1000000.0
-signup_burst = 1000000
-max_sessions_per_user = {sessions}
-"""
+#: The bench's config (limits, accept rate and connection caps out of the way of the load),
+#: with sessions per user raised so that a few users hold many connections (argon2id signups
+#: are ~20 ms of CPU each).
+SCALE_CONFIG = BENCH_CONFIG.replace("max_sessions_per_user = 1000", "max_sessions_per_user = {}")
+assert SCALE_CONFIG != BENCH_CONFIG
 
 
 class ScaleFleet(Fleet):
@@ -86,7 +75,7 @@ class ScaleFleet(Fleet):
 def config_text(run_: Run, devices: int) -> str:
     if getattr(run_.args, "chatd_config", None):
         return run_.config_text
-    return SCALE_CONFIG.format(sessions=max(devices, 10))
+    return SCALE_CONFIG.format(max(devices, 10))
 
 
 def pick_users(cluster: Cluster, per_shard: int, devices: int) -> dict[str, list[str]]:
