@@ -49,6 +49,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, TypeVar
 
 import trio
@@ -88,6 +89,8 @@ class Committer:
         self._exited = False  # the thread has ended (set on the loop)
         self._arrival = trio.lowlevel.ParkingLot()  # run() waits here for the thread
         self._token: trio.lowlevel.TrioToken | None = None
+        #: entered around each batch's hooks (``Store.gather_hooks``)
+        self.hook_scope: AbstractContextManager[Any] = nullcontext()
 
     def _full(self, size: int) -> bool:
         return (self.queued_bytes > 0 and self.queued_bytes + size > self._max_bytes) or len(
@@ -225,11 +228,12 @@ class Committer:
         if count:
             self.batches += 1
             self.ops += len(batch)
-        for op in batch:
-            try:
-                op.on_done(op.result, op.error)
-            except Exception:  # a bug in one hook must not strand the other callers
-                log.exception("after-commit hook failed")
+        with self.hook_scope:
+            for op in batch:
+                try:
+                    op.on_done(op.result, op.error)
+                except Exception:  # a bug in one hook must not strand the other callers
+                    log.exception("after-commit hook failed")
         self._give_back(size)
 
     def _give_back(self, size: int) -> None:

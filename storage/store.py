@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import trio
@@ -61,6 +62,11 @@ class Store:
 
     def close(self) -> None:
         self.committer.close()
+
+    def gather_hooks(self, scope: AbstractContextManager[Any]) -> None:
+        """Run each batch's ``on_done`` hooks inside ``with scope:`` (the transport gathers
+        the writes they make: one send per connection per batch)."""
+        self.committer.hook_scope = scope
 
     def stats(self) -> dict[str, int]:
         """Group-commit counters (batches and ops committed, bytes queued) and the map's size

@@ -53,7 +53,7 @@ from chatd.net import sockets as net
 from chatd.net.errormap import CLOSE_CODE, close_code, error_frame
 from chatd.net.heartbeat import Heartbeats
 from chatd.net.lifecycle import Lifecycle
-from chatd.net.outbound import Outbound
+from chatd.net.outbound import Gather, Outbound
 from chatd.net.parking import Parking
 from chatd.protocol import frames
 from chatd.protocol.errors import ProtocolError
@@ -112,7 +112,7 @@ class Conn(Outbound):
     def __init__(
         self, srv: WsServer, sock: socket.socket, binary: bool, trailing: bytes, peer: str = ""
     ) -> None:
-        super().__init__(sock, binary)
+        super().__init__(sock, binary, srv.gather)
         self.srv = srv
         self.peer = peer  # the client's address (the HTTP connection's string), for logs
         #: wsproto, made only when a frame needs it (see _on_bytes): most never do
@@ -653,6 +653,9 @@ class WsServer:
         delivered: Callable[[str, int], None] | None = None,
     ) -> None:
         self.config = config
+        #: the commit hooks' writes to connections, one send per connection per batch
+        self.gather = Gather()
+        store.gather_hooks(self.gather)
         self.out_cap = config.limits.outbound_queue_bytes
         self.write_stall = config.limits.write_stall_timeout
         self.max_frame = config.limits.max_frame_bytes
