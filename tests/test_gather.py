@@ -183,8 +183,10 @@ async def test_a_burst_committed_together_reaches_everyone_whole_and_in_order(
         burst = b"".join(
             client_frame(
                 0x2 if sender.binary else 0x1,
-                encode({"type": "send", "ref": f"r{i}", "channel": channel, "body": f"m{i}"},
-                       sender.binary),
+                encode(
+                    {"type": "send", "ref": f"r{i}", "channel": channel, "body": f"m{i}"},
+                    sender.binary,
+                ),
             )
             for i in range(40)
         )
