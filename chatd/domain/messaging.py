@@ -129,64 +129,86 @@ class Messenger:
     ) -> None:
         """Validate and queue one send. Raises a ChatError (with ``ref``) if refused at once;
         otherwise ``device.finished(ack or error)`` is called exactly once, now (a resend of a
-        committed ref) or from the commit hook, and deliveries follow the ack."""
+        committed ref) or from the commit hook, and deliveries follow the ack.
+
+        A resend of a committed ref gets the original ack, whatever the frame says now (the
+        channel may since have become forbidden, or the limit reached). The happy path does
+        not look the ref up: the commit does (``append_message`` answers a known ref with its
+        first ack and stores nothing), so only a refusal costs a read here. A resend that is
+        not refused takes a rate-limit token like any send.
+        """
         user = device.user_id
-        known = self.store.sent_ack(user, ref)
-        if known is not None:
-            # A resend of a committed ref: the original ack, whatever the frame says now (the
-            # channel may since have become forbidden, or the limit reached).
-            device.finished({"type": "ack", "ref": ref, **known})
-            return
         try:
-            wait = self.send_limiter.take(user)
-            if wait:
-                raise RateLimited("sending too fast", retry_after=wait)
-            if len(body) > self.max_body:
-                raise TooLarge(f"body over {self.max_body} characters")
-            members: list[str] | None
-            if to is not None:
-                to = validate.user_id(to, "to")
-                if to == user:
-                    raise BadRequest("you cannot send to yourself")
-                if self.router.home(to).local or self.remote is None:
-                    if self.store.account(to) is None:
-                        raise NotFound(f"no user {to!r}")
-                elif not self.remote.knows(to):
-                    self.remote.resolve(device, ref, body, to)  # sends again once known
-                    return
-                channel, members = channels.dm_channel(user, to), [user, to]
-            else:
-                channel = channel or ""
-                sequencer = self.router.sequencer(channel)
-                if sequencer.local or channels.is_group(channel):
-                    # A group sequenced elsewhere is checked there: its members live there.
-                    if sequencer.local:
-                        channels.check_member(self.store, channel, user)
-                elif user not in (channels.dm_members(channel) or ()):
-                    raise NotFound(f"no channel {channel!r}")
-                # A group's members are read again inside the commit (None), so an add or
-                # remove racing with this send is wholly before or after it.
-                members = None if channels.is_group(channel) else channels.dm_members(channel)
-            sequencer = self.router.sequencer(channel)
-            if not sequencer.local:
-                if self.remote is None:
-                    raise Unavailable(f"{channel} is sequenced by another shard", retry_after=1.0)
-                self.remote.forward(device, ref, channel, body, sequencer)
-                return
-
-            def committed(appended: Appended | None, error: BaseException | None) -> None:
-                self._committed(device, ref, appended, error)
-
-            try:
-                op = self._append_op(user, ref, channel, members, body)
-                self.store.submit(op, committed, size=message_bytes(body))
-            except trio.WouldBlock:
-                raise Unavailable("server busy, retry shortly", retry_after=0.05) from None
+            self._send(device, user, ref, body, to, channel)
         except ChatError as exc:
+            known = self._sent_ack(user, ref)
+            if known is not None:
+                device.finished({"type": "ack", "ref": ref, **known})
+                return
             exc.ref = ref
             raise
         except StorageUnavailable as exc:
             raise Unavailable(str(exc), ref=ref) from None
+
+    def _sent_ack(self, user: str, ref: str) -> dict[str, Any] | None:
+        try:
+            return self.store.sent_ack(user, ref)
+        except StorageUnavailable:
+            return None
+
+    def _send(
+        self,
+        device: DeviceSink,
+        user: str,
+        ref: str,
+        body: str,
+        to: str | None,
+        channel: str | None,
+    ) -> None:
+        wait = self.send_limiter.take(user)
+        if wait:
+            raise RateLimited("sending too fast", retry_after=wait)
+        if len(body) > self.max_body:
+            raise TooLarge(f"body over {self.max_body} characters")
+        members: list[str] | None
+        if to is not None:
+            to = validate.user_id(to, "to")
+            if to == user:
+                raise BadRequest("you cannot send to yourself")
+            if self.router.home(to).local or self.remote is None:
+                if self.store.account(to) is None:
+                    raise NotFound(f"no user {to!r}")
+            elif not self.remote.knows(to):
+                self.remote.resolve(device, ref, body, to)  # sends again once known
+                return
+            channel, members = channels.dm_channel(user, to), [user, to]
+        else:
+            channel = channel or ""
+            sequencer = self.router.sequencer(channel)
+            if sequencer.local or channels.is_group(channel):
+                # A group sequenced elsewhere is checked there: its members live there.
+                if sequencer.local:
+                    channels.check_member(self.store, channel, user)
+            elif user not in (channels.dm_members(channel) or ()):
+                raise NotFound(f"no channel {channel!r}")
+            # A group's members are read again inside the commit (None), so an add or
+            # remove racing with this send is wholly before or after it.
+            members = None if channels.is_group(channel) else channels.dm_members(channel)
+        sequencer = self.router.sequencer(channel)
+        if not sequencer.local:
+            if self.remote is None:
+                raise Unavailable(f"{channel} is sequenced by another shard", retry_after=1.0)
+            self.remote.forward(device, ref, channel, body, sequencer)
+            return
+
+        def committed(appended: Appended | None, error: BaseException | None) -> None:
+            self._committed(device, ref, appended, error)
+
+        try:
+            op = self._append_op(user, ref, channel, members, body)
+            self.store.submit(op, committed, size=message_bytes(body))
+        except trio.WouldBlock:
+            raise Unavailable("server busy, retry shortly", retry_after=0.05) from None
 
     def _committed(
         self, device: DeviceSink, ref: str, appended: Appended | None, error: BaseException | None

@@ -68,7 +68,7 @@ async def test_send_acks_the_sender_and_delivers_to_every_other_device(tmp_path:
         assert (seq, frame["body"], frame["from"], frame["msg_id"]) == (1, "hi", "alice", 1)
 
 
-async def test_a_resent_ref_is_answered_at_once_and_stores_nothing(tmp_path: Path) -> None:
+async def test_a_resent_ref_gets_its_first_ack_and_stores_nothing(tmp_path: Path) -> None:
     async with open_store(tmp_path / "db") as store:
         await users(store, "alice", "bob")
         sessions = Sessions()
@@ -77,9 +77,13 @@ async def test_a_resent_ref_is_answered_at_once_and_stores_nothing(tmp_path: Pat
         m = messenger(store, sessions)
         m.send(alice, "r1", "hi", to="bob")
         await until(lambda: alice.answers)
-        m.send(alice, "r1", "something else", to="bob")
-        assert len(alice.answers) == 2  # synchronously, from storage
+        m.send(alice, "r1", "something else", to="bob")  # answered by the commit
+        await until(lambda: len(alice.answers) == 2)
         assert alice.answers[0] == alice.answers[1]
+        # Refused now (too large): the ref was committed, so its first ack, at once.
+        m.send(alice, "r1", "x" * 101, to="bob")
+        assert len(alice.answers) == 3 and alice.answers[2] == alice.answers[0]
+        await trio.sleep(0.05)
         assert len(bob.delivered) == 1
         assert store.channel_last_id("dm:alice:bob") == 1
 
