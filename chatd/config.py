@@ -29,6 +29,10 @@ def _positive(key: str, value: float) -> None:
         raise ConfigError(f"{key}: must be a positive number, got {value!r}")
 
 
+#: The smallest ``limits.outbound_queue_bytes``: a connection holds up to this many bytes
+#: before it sends (chatd/net/outbound.py), so a smaller cap could not be kept.
+OUTBOUND_MIN = 64 * 1024
+
 #: The forwarding headers ``server.proxy_header`` may name (lower case, as compared).
 PROXY_HEADERS = ("x-forwarded-for", "forwarded")
 
@@ -137,6 +141,11 @@ class LimitsConfig:
     def validate(self) -> None:
         for f in fields(self):
             _positive(f"limits.{f.name}", getattr(self, f.name))
+        if self.outbound_queue_bytes < OUTBOUND_MIN:
+            raise ConfigError(
+                f"limits.outbound_queue_bytes: must be at least {OUTBOUND_MIN} (64 KiB), "
+                f"got {self.outbound_queue_bytes!r}"
+            )
 
 
 @dataclass(frozen=True)

@@ -486,3 +486,10 @@ def test_cluster_discovery_is_read_from_the_file_and_the_flag(tmp_path: Path) ->
         from_mapping({"cluster": {"discovery": 1}})
     with pytest.raises(ConfigError, match=r"server\.shard"):
         from_mapping({"cluster": {"discovery": str(discovery)}})
+
+
+def test_an_outbound_queue_below_64_kib_is_refused() -> None:
+    with pytest.raises(ConfigError, match="outbound_queue_bytes: must be at least 65536"):
+        from_mapping({"limits": {"outbound_queue_bytes": 65535}})
+    config = from_mapping({"limits": {"outbound_queue_bytes": 65536}})
+    assert config.limits.outbound_queue_bytes == 65536

@@ -27,6 +27,7 @@ from typing import Any
 
 import trio
 
+from chatd.config import OUTBOUND_MIN
 from chatd.domain.ports import Shared
 from chatd.protocol import frames
 
@@ -36,7 +37,7 @@ OVERFLOW_REASON = "outbound queue overflow"
 STALL_REASON = "write stall"
 #: Bytes a corked or gathered connection holds before it sends anyway: held bytes count
 #: against ``out_cap`` only once the socket has refused them.
-CORK_MAX = 64 * 1024
+CORK_MAX = OUTBOUND_MIN
 
 
 class Gather:
@@ -140,11 +141,14 @@ class Outbound:
                 self.out = []
             self.out.append(data)
             self.out_bytes += len(data)
-            if self.corked and self.out_bytes > CORK_MAX and not self.flushing:
-                self._uncork()  # a long burst: the socket takes what it can now
-            elif self.out_bytes > self.out_cap and not self.closing:
-                self.close(1008, OVERFLOW_REASON)
-            elif not self.corked and not self.flushing:
+            if self.out_bytes > CORK_MAX:  # out_cap is at least CORK_MAX (chatd/config.py)
+                if self.corked and not self.flushing:
+                    self._uncork()  # a long burst: the socket takes what it can now
+                    return
+                if self.out_bytes > self.out_cap and not self.closing:
+                    self.close(1008, OVERFLOW_REASON)
+                    return
+            if not self.corked and not self.flushing:
                 self._start_flusher()
             return
         gather = self.gather
