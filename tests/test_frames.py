@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chatd.net.errormap import CLOSE_CODE
 from chatd.protocol import frames
@@ -90,3 +92,31 @@ async def test_a_malformed_frame_after_hello_gets_the_error_frame_with_its_ref(
     await ws.send(frames.ping_frame())
     assert await ws.recv() == {"type": "pong"}
     await ws.aclose()
+
+
+@given(
+    channel=st.text(min_size=1, max_size=40),
+    msg_id=st.integers(min_value=1, max_value=2**53),
+    sender=st.text(min_size=1, max_size=32),
+    body=st.text(max_size=300),
+    long=st.sampled_from([0, 200, 70_000]),  # body padding: every frame-length header
+    ts=st.integers(min_value=0, max_value=2**48),
+    seq=st.integers(min_value=1, max_value=2**64 - 1),
+    binary=st.booleans(),
+)
+@settings(max_examples=300, deadline=None)
+def test_a_spliced_msg_frame_is_the_encoded_frame_byte_for_byte(
+    channel: str, msg_id: int, sender: str, body: str, long: int, ts: int, seq: int, binary: bool
+) -> None:
+    """Fan-out encodes a message's fields once and splices each member's inbox seq in
+    (frames.msg_parts / encode_msg): the bytes must be what encode() makes of the whole frame,
+    in both subprotocols and for every frame-length header."""
+    body += "é" * long
+    view = {"channel": channel, "msg_id": msg_id, "from": sender, "body": body, "ts": ts}
+    try:
+        whole = frames.encode({"type": "msg", "inbox": seq, **view}, binary)
+    except UnicodeEncodeError:  # a lone surrogate: JSON refuses it either way
+        with pytest.raises(UnicodeEncodeError):
+            frames.msg_parts(view, binary)
+        return
+    assert frames.encode_msg(frames.msg_parts(view, binary), seq, binary) == whole

@@ -289,11 +289,13 @@ class Messenger:
     ) -> None:
         """Deliver a stored message (``inbox``: member -> its inbox seq) to every online
         device of those members but ``exclude``."""
+        frame: Shared | None = None  # the message's fields: one for every member
         for user, seq in inbox.items():
             devices = self.sessions.devices(user)
             if not devices:
                 continue  # offline: the inbox holds it (push hooks in through the outbox)
-            frame = Shared(msg_frame(seq, message))
+            if frame is None:
+                frame = Shared(message_view(message))
             for device in devices:
                 if device is not exclude:
                     device.deliver(seq, frame)

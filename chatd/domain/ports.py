@@ -30,7 +30,7 @@ class Shared:
 
     def __init__(self, frame: dict[str, Any]) -> None:
         self.frame = frame
-        self.cache: dict[Any, bytes] | None = None  # made by the first transport to encode
+        self.cache: dict[Any, Any] | None = None  # made by the first transport to encode
 
 
 class DeviceSink(Protocol):
@@ -51,7 +51,9 @@ class DeviceSink(Protocol):
 
     def deliver(self, seq: int, frame: Shared) -> None:
         """Inbox entry ``seq`` as a ``msg`` frame; the sink drops what the device already has
-        (or will get from its replay)."""
+        (or will get from its replay). ``frame`` holds the message's fields (``channel``,
+        ``msg_id``, ``from``, ``body``, ``ts``: the same object for every member); the sink
+        sends them as ``{"type": "msg", "inbox": seq, ...}``."""
 
     def notify(self, frame: Shared) -> None:
         """A signal for this device: presence, a read mark, typing."""

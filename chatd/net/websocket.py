@@ -619,7 +619,13 @@ class Conn(Outbound):
     def deliver(self, seq: int, frame: Shared) -> None:
         """A live ``msg`` for inbox ``seq``: dropped while replaying or if already sent."""
         if not self.closing and self.session.offer(seq):
-            self._write(self._encoded(frame))
+            cache = frame.cache
+            if cache is None:
+                cache = frame.cache = {}
+            parts = cache.get(self.binary)
+            if parts is None:  # the message's fields, encoded once per subprotocol
+                parts = cache[self.binary] = frames.msg_parts(frame.frame, self.binary)
+            self._write(frames.encode_msg(parts, seq, self.binary))
             self.srv.delivered(self.user_id, seq)  # push: a device has it (a moot job)
 
     def end(self, code: str, message: str) -> None:

@@ -252,6 +252,41 @@ def encode(frame: dict[str, Any], binary: bool) -> bytes:
     return ws_frame(payload, opcode & 0x0F)
 
 
+#: ``{"type": "msg", "inbox": `` as msgpack: a fixmap of 7 pairs, then two keys and a value.
+_MSG_HEAD_BIN = b"\x87\xa4type\xa3msg\xa5inbox"
+_MSG_HEAD_JSON = b'{"type":"msg","inbox":'
+
+
+def msg_parts(view: dict[str, Any], binary: bool) -> tuple[bytes, bytes]:
+    """The payload of a ``msg`` frame around its ``inbox`` seq, for :func:`encode_msg`.
+
+    ``view`` is the message's five fields (channel, msg_id, from, body, ts), the same for
+    every member; ``encode_msg(msg_parts(view, b), seq, b)`` equals
+    ``encode({"type": "msg", "inbox": seq, **view}, b)`` byte for byte, for the cost of two
+    concatenations per member instead of an encoding.
+    """
+    if len(view) != 5:
+        raise ValueError("a msg frame's view has five fields")
+    if binary:
+        return _MSG_HEAD_BIN, _packers.pack(view)[1:]  # past its own fixmap byte (0x85)
+    return _MSG_HEAD_JSON, b"," + _json(view).encode()[1:]  # past its "{"
+
+
+def encode_msg(parts: tuple[bytes, bytes], seq: int, binary: bool) -> bytes:
+    """A ``msg`` frame for inbox ``seq`` from :func:`msg_parts`, as :func:`encode` makes it."""
+    head, tail = parts
+    if binary:
+        payload = head + _packers.pack(seq) + tail
+        opcode = 0x82
+    else:
+        payload = head + str(seq).encode() + tail
+        opcode = 0x81
+    n = len(payload)
+    if n < 126:
+        return bytes((opcode, n)) + payload
+    return ws_frame(payload, opcode & 0x0F)
+
+
 def ws_frame(payload: bytes, opcode: int) -> bytes:
     """RFC 6455 frame, FIN set, unmasked (server to client)."""
     n = len(payload)

@@ -28,7 +28,7 @@ class FakeDevice:
         self.ended: tuple[str, str] | None = None
 
     def deliver(self, seq: int, frame: Shared) -> None:
-        self.delivered.append((seq, frame.frame))
+        self.delivered.append((seq, {"type": "msg", "inbox": seq, **frame.frame}))
 
     def notify(self, frame: Shared) -> None:
         self.notified.append(frame.frame)
