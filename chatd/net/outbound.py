@@ -17,7 +17,7 @@ Writes to many connections made in one synchronous burst (the commit hooks of on
 batch: acks and fan-out) are *gathered* (:class:`Gather`): each connection sends what the burst
 gave it with one ``send`` at the end of the burst, not one per frame. A 100-member group at
 1,000 msgs/s is ~99,000 frames/s; with batches of n messages each device takes its n frames in
-one system call (bench/README.md, "Gathered writes").
+one system call (bench/README.md, "Issue 18 on a quiet machine").
 """
 
 from __future__ import annotations
