@@ -291,6 +291,7 @@ def build(
         nursery=nursery,
         delivered=push.delivered,
     )
+    store.gather_hooks(ws.gather)  # each batch's acks and deliveries: one send per connection
     api = Api(
         accounts=accounts,
         sessions=sessions,

@@ -133,6 +133,17 @@ class Outbound:
             data = cache[self.binary] = frames.encode(shared.frame, self.binary)
         return data
 
+    def _encoded_msg(self, fields: Shared, seq: int) -> bytes:
+        """The ``msg`` frame of inbox ``seq`` for a message whose fields are shared by every
+        recipient: the fields are encoded once per subprotocol, the seq spliced in."""
+        cache = fields.cache
+        if cache is None:
+            cache = fields.cache = {}
+        parts = cache.get(self.binary)
+        if parts is None:
+            parts = cache[self.binary] = frames.msg_parts(fields.frame, self.binary)
+        return frames.encode_msg(parts, seq, self.binary)
+
     def _write(self, data: bytes) -> None:
         if self.dead:
             return

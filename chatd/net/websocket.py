@@ -619,13 +619,7 @@ class Conn(Outbound):
     def deliver(self, seq: int, frame: Shared) -> None:
         """A live ``msg`` for inbox ``seq``: dropped while replaying or if already sent."""
         if not self.closing and self.session.offer(seq):
-            cache = frame.cache
-            if cache is None:
-                cache = frame.cache = {}
-            parts = cache.get(self.binary)
-            if parts is None:  # the message's fields, encoded once per subprotocol
-                parts = cache[self.binary] = frames.msg_parts(frame.frame, self.binary)
-            self._write(frames.encode_msg(parts, seq, self.binary))
+            self._write(self._encoded_msg(frame, seq))
             self.srv.delivered(self.user_id, seq)  # push: a device has it (a moot job)
 
     def end(self, code: str, message: str) -> None:
@@ -660,8 +654,8 @@ class WsServer:
     ) -> None:
         self.config = config
         #: the commit hooks' writes to connections, one send per connection per batch
+        #: (chatd/app.py hands it to the store: ``Store.gather_hooks``)
         self.gather = Gather()
-        store.gather_hooks(self.gather)
         self.out_cap = config.limits.outbound_queue_bytes
         self.write_stall = config.limits.write_stall_timeout
         self.max_frame = config.limits.max_frame_bytes
