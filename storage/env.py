@@ -101,10 +101,14 @@ def format_of(env: lmdb.Environment) -> int:
 class Txn:
     """A transaction with its sub-databases at hand: ``txn.get("accounts", key)``.
 
-    Write transactions also carry the id counters (see :class:`Counters`).
+    Write transactions also carry the id counters (see :class:`Counters`) and ``dirty``: set
+    by every write, so a batch knows whether an op that raised changed anything. Write only
+    through the methods that set it (:meth:`put`, :meth:`delete`, :meth:`raw_writes`,
+    :meth:`write_cursor`, :meth:`claim_id`, :meth:`channel_number`); a cursor from
+    :meth:`cursor` is for reading (``tests/test_storage_batch.py`` checks both rules).
     """
 
-    __slots__ = ("raw", "_dbs", "_counters")
+    __slots__ = ("raw", "_dbs", "_counters", "dirty")
 
     def __init__(
         self, raw: lmdb.Transaction, dbs: dict[str, Any], counters: Counters | None = None
@@ -112,6 +116,7 @@ class Txn:
         self.raw = raw
         self._dbs = dbs
         self._counters = counters
+        self.dirty = False
 
     def last_id(self, db: str, name: str) -> int:
         """The highest integer suffix stored under ``name`` in ``db`` (0 if none)."""
@@ -122,6 +127,7 @@ class Txn:
     def claim_id(self, db: str, name: str) -> int:
         """``last_id + 1``, remembered as taken for the rest of this transaction."""
         assert self._counters is not None, "ids are claimed in write transactions only"
+        self.dirty = True
         return self._counters.claim(self, db, name)
 
     def scan(self, db: str, name: str) -> Iterator[tuple[str, bytes]]:
@@ -153,23 +159,43 @@ class Txn:
         """``channel``'s number in this environment, given one now if it has none (write
         transactions only; undone with the op or batch that gave it)."""
         assert self._counters is not None, "numbers are given in write transactions only"
-        return self._counters.intern(self, channel)
+        return self._counters.intern(self, channel)  # a new number is put: dirty then
 
     def get(self, db: str, key: bytes) -> bytes | None:
         return self.raw.get(key, db=self._dbs[db])  # type: ignore[return-value]
 
     def put(self, db: str, key: bytes, value: bytes, *, overwrite: bool = True) -> bool:
-        return self.raw.put(key, value, db=self._dbs[db], overwrite=overwrite)
+        """Store ``value`` under ``key``; False (nothing changed) if ``overwrite`` is False
+        and the key exists."""
+        if self.raw.put(key, value, db=self._dbs[db], overwrite=overwrite):
+            self.dirty = True
+            return True
+        return False
 
     def delete(self, db: str, key: bytes) -> bool:
-        return self.raw.delete(key, db=self._dbs[db])
+        if self.raw.delete(key, db=self._dbs[db]):
+            self.dirty = True
+            return True
+        return False
+
+    def raw_writes(self) -> lmdb.Transaction:
+        """The ``lmdb.Transaction``, for a loop of ``raw.put(..., db=txn.handle(db))`` on a
+        hot path: counted as written from here on."""
+        self.dirty = True
+        return self.raw
 
     def handle(self, db: str) -> Any:
-        """The ``lmdb._Database`` of ``db``, for a loop of ``raw.put(..., db=handle)``."""
+        """The ``lmdb._Database`` of ``db``, for the loops of :meth:`raw_writes`."""
         return self._dbs[db]
 
     def cursor(self, db: str) -> Any:
-        """An ``lmdb.Cursor`` (typed Any: with ``buffers=False`` keys and values are bytes)."""
+        """An ``lmdb.Cursor`` to read with (typed Any: with ``buffers=False`` keys and values
+        are bytes). To delete or put through a cursor, take :meth:`write_cursor`."""
+        return self.raw.cursor(db=self._dbs[db])
+
+    def write_cursor(self, db: str) -> Any:
+        """A cursor that may delete or put: counted as written from here on."""
+        self.dirty = True
         return self.raw.cursor(db=self._dbs[db])
 
 
@@ -190,21 +216,18 @@ class Counters:
 
     The truth stays in the keys (the last key under a prefix); this saves the cursor seek per
     message. Only the committer's thread touches it. Ids claimed in a batch are ``pending``
-    until the batch commits; a failed batch drops them all. While ops run in nested
-    transactions (``undo`` is a dict), an op that fails alone has its claims undone; in a
-    batch run flat (``undo`` is None) nothing is kept per op. The cache is simply cleared when
-    it grows past ``limit`` entries: 25,000 entries take ~5 MB (~206 B each), and a miss costs
-    ~0.8 us more than a hit (one cursor seek: 2.1-2.3 against 1.3-1.6 us per inbox append,
-    bench/README.md "Soak and memory"), so a shard with more active keys than that pays ~1%
-    of a message's CPU instead of holding ~41 MB as the old 200,000 did.
+    until the batch commits; an aborted run of a batch drops them all. The cache is simply
+    cleared when it grows past ``limit`` entries: 25,000 entries take ~5 MB (~206 B each), and
+    a miss costs ~0.8 us more than a hit (one cursor seek: 2.1-2.3 against 1.3-1.6 us per inbox
+    append, bench/README.md "Soak and memory"), so a shard with more active keys than that
+    pays ~1% of a message's CPU instead of holding ~41 MB as the old 200,000 did.
     """
 
-    __slots__ = ("committed", "pending", "undo", "limit")
+    __slots__ = ("committed", "pending", "limit")
 
     def __init__(self, limit: int = 25_000) -> None:
         self.committed: dict[tuple[str, str], int] = {}
         self.pending: dict[tuple[str, str], int] = {}
-        self.undo: dict[tuple[str, str], int | None] | None = None
         self.limit = limit
 
     def get(self, txn: Txn, db: str, name: str) -> int:
@@ -217,20 +240,8 @@ class Counters:
         return value
 
     def claim(self, txn: Txn, db: str, name: str) -> int:
-        key = (db, name)
-        pending = self.pending
-        old = pending.get(key)
-        if old is None:
-            value = self.committed.get(key)
-            if value is None:
-                value = txn.scan_last_id(db, name)
-        else:
-            value = old
-        undo = self.undo
-        if undo is not None and key not in undo:
-            undo[key] = old
-        value += 1
-        pending[key] = value
+        value = self.get(txn, db, name) + 1
+        self.pending[(db, name)] = value
         return value
 
     def intern(self, txn: Txn, channel: str) -> int:
@@ -245,28 +256,15 @@ class Counters:
             number = int.from_bytes(raw, "big")
             self.committed[key] = number  # stored by a committed batch (this one's are pending)
             return number
+        txn.dirty = True
         number = self.claim(txn, "channames", "")
         if number > 0xFFFFFFFF:
             raise StorageError("storage full: 2**32 channel numbers given")
         packed = number.to_bytes(4, "big")
         txn.put("chanids", channel.encode(), packed)
         txn.put("channames", packed, channel.encode())
-        if self.undo is not None and key not in self.undo:
-            self.undo[key] = None
         self.pending[key] = number
         return number
-
-    def op_done(self, ok: bool) -> None:
-        undo = self.undo
-        if undo is None:
-            return
-        if not ok:
-            for key, old in undo.items():
-                if old is None:
-                    self.pending.pop(key, None)
-                else:
-                    self.pending[key] = old
-        undo.clear()
 
     def batch_done(self, ok: bool) -> None:
         if ok:
@@ -274,7 +272,6 @@ class Counters:
                 self.committed.clear()
             self.committed.update(self.pending)
         self.pending.clear()
-        self.undo = None
 
 
 @dataclass(slots=True)
@@ -337,6 +334,12 @@ class Env:
                 metasync=sync,
                 readahead=False,
                 max_readers=max_readers,
+                # Dirty pages are written in the map itself, not in malloc'd copies: LMDB
+                # keeps the copies of its largest transaction until the environment closes
+                # (14.8 MiB after batches of 500 messages, against 0.3 with writemap), so
+                # the heap would grow with the biggest batch a backlog ever made. Still one
+                # msync per commit (sync on), and no nested transactions (commit_batch).
+                writemap=True,
                 mode=0o600,  # data.mdb and lock.mdb: tokens' digests, password hashes, bodies
             )
         except lmdb.Error as exc:
@@ -389,27 +392,35 @@ class Env:
         return cleared
 
     def unsafe_flags(self) -> list[str]:
-        """The LMDB flags in effect that let a crash lose committed transactions."""
+        """The LMDB flags in effect that let a crash lose committed transactions (``writemap``
+        alone does not: with sync on, each commit msyncs the map before its meta page)."""
         flags = self.env.flags()
         unsafe = [name for name in ("sync", "metasync") if not flags[name]]
-        return unsafe + [name for name in ("writemap", "map_async") if flags[name]]
+        return unsafe + (["map_async"] if flags["map_async"] else [])
 
     def commit_batch(self, batch: Sequence[Op]) -> None:
-        """Run every op in one write transaction; an op that raises is rolled back alone.
+        """Run every op in one write transaction; an op that raises is left out alone.
 
-        The batch first runs flat: every op straight in the batch's transaction. That is the
-        hot path (a nested transaction per op costs a begin, a commit and a copy of every page
-        it touches: about a fifth of a message's storage time). If an op raises, the flat run
-        is aborted as a whole and the batch runs again with each op in a nested transaction
-        of its own: the failing op is rolled back alone and gets the exception as its result,
-        the rest commit together. So an op's function may run more than once before its batch
+        Every op runs straight in the batch's transaction (no nested transactions: LMDB
+        refuses them with ``writemap``, see :meth:`__init__`). An op that raises before
+        writing anything (``Txn.dirty`` unset: the usual "not found", "forbidden" or
+        "taken" check) gets its exception as its result and the batch goes on. One that
+        raises after writing cannot be undone alone: the run is aborted and the batch runs
+        again without it, so an op's function may run more than once before its batch
         commits (as it already may when the map must grow): it reads and writes its
         transaction and nothing else. Raises :class:`MapFull` (nothing applied) when the map
         must grow.
         """
+        left_out: set[int] = set()
         try:
-            if not self._run_flat(batch):
-                self._run_nested(batch)
+            while (index := self._run(batch, left_out)) is not None:
+                left_out.add(index)
+                log.warning(
+                    "a write op raised after writing (%r); its batch of %d ops runs again "
+                    "without it",
+                    batch[index].error,
+                    len(batch),
+                )
         except lmdb.MapFullError as exc:
             raise MapFull(str(exc)) from exc
         except lmdb.Error as exc:
@@ -417,64 +428,38 @@ class Env:
             for op in batch:
                 op.result, op.error = None, error
 
-    def _run_flat(self, batch: Sequence[Op]) -> bool:
-        """All ops in one transaction, no nesting. False (nothing applied) if an op raised."""
+    def _run(self, batch: Sequence[Op], left_out: set[int]) -> int | None:
+        """One run of ``batch`` but ``left_out``: None once committed, or (the run aborted)
+        the index of an op that raised after writing."""
         counters = self.counters
-        counters.undo = None
         raw = self.env.begin(write=True)
         committed = False
         try:
             txn = Txn(raw, self.dbs, counters)
             tx = txn if self.view is None else self.view(txn)
-            try:
-                for op in batch:
-                    op.result = op.fn(tx)
-            except (lmdb.BadValsizeError, lmdb.KeyExistsError):
-                return False  # a bad key or value in one op: the nested run finds which
-            except lmdb.Error:
-                raise
-            except Exception:
-                return False  # an op's own error: the nested run hands it back
+            for index, op in enumerate(batch):
+                if index in left_out:
+                    continue
+                txn.dirty = False
+                try:
+                    op.result, op.error = op.fn(tx), None
+                except (lmdb.BadValsizeError, lmdb.KeyExistsError) as exc:
+                    op.result, op.error = None, StorageError(f"bad record: {exc}")
+                except lmdb.Error:
+                    raise  # the transaction is unusable (map full, I/O error): the batch fails
+                except Exception as exc:  # the op's own error, handed back to its caller
+                    op.result, op.error = None, exc
+                else:
+                    continue
+                if txn.dirty:
+                    return index
             raw.commit()
             committed = True
         finally:
             if not committed:
                 raw.abort()
             counters.batch_done(committed)
-        for op in batch:
-            op.error = None
-        return True
-
-    def _run_nested(self, batch: Sequence[Op]) -> None:
-        """Every op in a nested transaction of its own, so one that raises is undone alone."""
-        counters, view = self.counters, self.view
-        counters.undo = {}
-        committed = False
-        try:
-            with self.env.begin(write=True) as parent:
-                for op in batch:
-                    child = self.env.begin(write=True, parent=parent)
-                    try:
-                        txn = Txn(child, self.dbs, counters)
-                        op.result = op.fn(txn if view is None else view(txn))
-                        op.error = None
-                    except (lmdb.BadValsizeError, lmdb.KeyExistsError) as exc:
-                        child.abort()  # a bad key or value in this op only
-                        counters.op_done(False)
-                        op.result, op.error = None, StorageError(f"bad record: {exc}")
-                    except lmdb.Error:
-                        child.abort()
-                        raise
-                    except Exception as exc:  # the op's own error, handed back to its caller
-                        child.abort()
-                        counters.op_done(False)
-                        op.result, op.error = None, exc
-                    else:
-                        child.commit()
-                        counters.op_done(True)
-            committed = True
-        finally:
-            counters.batch_done(committed)
+        return None
 
     def grow(self) -> None:
         """Double the map size, up to the configured maximum."""

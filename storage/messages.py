@@ -169,9 +169,10 @@ def intern(txn: Txn, channel: str) -> int:
     return number
 
 
-def find_message(txn: Txn, channel: str, msg_id: int) -> Any:
-    """A ``messages`` cursor on ``channel``'s item of ``msg_id``, or None."""
-    cursor = txn.cursor("messages")
+def find_message(txn: Txn, channel: str, msg_id: int, *, write: bool = False) -> Any:
+    """A ``messages`` cursor on ``channel``'s item of ``msg_id`` (one that may delete it if
+    ``write``), or None."""
+    cursor = txn.write_cursor("messages") if write else txn.cursor("messages")
     if cursor.set_range_dup(channel.encode(), ordered(msg_id)) and (
         item_msg_id(cursor.value()) == msg_id
     ):
@@ -338,13 +339,13 @@ class MessageWrites:
         # split with the new item alone on the new page, so pages stay full, not half full.
         # An older msg_id (a replica filling in) is not last: then a sorted put.
         txn = self.txn
-        if not txn.raw.put(key, item, db=txn.handle("messages"), append=True):
+        if not txn.raw_writes().put(key, item, db=txn.handle("messages"), append=True):
             txn.put("messages", key, item)
         if spilled is not None:
             txn.put("bodies", int_key(message.channel, message.msg_id), spilled)
 
     def message_delete(self, channel: str, msg_id: int) -> bool:
-        cursor = find_message(self.txn, channel, msg_id)
+        cursor = find_message(self.txn, channel, msg_id, write=True)
         if cursor is None:
             return False
         cursor.delete()
@@ -361,7 +362,7 @@ class MessageWrites:
         One call per message instead of one per member (the channel's number looked up
         once): this is the hot loop of every send."""
         txn = self.txn
-        claim, put, db = txn.claim_id, txn.raw.put, txn.handle("inboxes")
+        claim, put, db = txn.claim_id, txn.raw_writes().put, txn.handle("inboxes")
         tail = ordered(txn.channel_number(channel)) + ordered(msg_id)
         out: dict[str, int] = {}
         for user in users:
@@ -374,7 +375,7 @@ class MessageWrites:
     def ref_put(self, user_id: str, ref: str, ack: dict[str, Any]) -> None:
         """Keep the ack ``{channel, msg_id, ts[, inbox]}`` of ``user_id``'s send ``ref``."""
         txn, key, want = self.txn, user_id.encode(), ref_prefix(ref)
-        cursor = txn.cursor("refs")
+        cursor = txn.write_cursor("refs")
         if cursor.set_range_dup(key, want) and cursor.value().startswith(want):
             cursor.delete()  # a ref stored again: the new ack replaces the old
         txn.put("refs", key, ref_item(ref, txn.channel_number(ack["channel"]), ack))

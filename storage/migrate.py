@@ -188,7 +188,7 @@ def copy_rows(
     ``dst`` (numbers are each environment's own)."""
     if db in DUPS:
         return sum(_copy_item(src, dst, db, key, item) for key, item in rows(src, db, name))
-    put, handle = dst.raw.put, dst.handle(db_to or db)
+    put, handle = dst.raw_writes().put, dst.handle(db_to or db)
     return sum(
         bool(put(key, value, db=handle, overwrite=overwrite)) for key, value in rows(src, db, name)
     )
@@ -209,7 +209,7 @@ def _copy_item(src: Txn, dst: Txn, db: str, key: bytes, item: bytes) -> bool:
         ref, number, msg_id, inbox = parse_ref(item)
         there = intern(dst, channel_name(src, number))
         item = ref_prefix(ref) + ordered(there) + ordered(msg_id) + ordered(inbox)
-    return bool(dst.raw.put(key, item, db=dst.handle(db), dupdata=False))
+    return bool(dst.raw_writes().put(key, item, db=dst.handle(db), dupdata=False))
 
 
 def copy_message(src: Txn, dst: Txn, channel: str, msg_id: int) -> bool:

@@ -53,10 +53,16 @@ def stats(path: str | Path) -> dict[str, Any]:
             "friendships": counts["friends"],
             "map_bytes": info["map_size"],
             "map_used_bytes": (info["last_pgno"] + 1) * stat["psize"],
-            "file_bytes": os.path.getsize(Path(path) / "data.mdb"),
+            "file_bytes": disk_bytes(Path(path) / "data.mdb"),
         }
     finally:
         env.close()
+
+
+def disk_bytes(data: Path) -> int:
+    """The bytes of disk ``data.mdb`` takes: its allocated blocks. Its apparent size is the
+    whole map (LMDB with writemap sizes the file to the map; the unwritten part is a hole)."""
+    return data.stat().st_blocks * 512
 
 
 def backup(path: str | Path, dest: str | Path) -> dict[str, Any]:
@@ -92,7 +98,7 @@ def compact(path: str | Path) -> dict[str, Any]:
         raise InUse(f"{path} is open in another process (stop its server first)")
     tmp = path / "compact.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    before = data.stat().st_size
+    before = disk_bytes(data)
     env = _open(path)
     try:
         tmp.mkdir(mode=0o700)
@@ -102,7 +108,7 @@ def compact(path: str | Path) -> dict[str, Any]:
     os.chmod(tmp / "data.mdb", 0o600)
     os.replace(tmp / "data.mdb", data)
     shutil.rmtree(tmp, ignore_errors=True)
-    return {"file_bytes_before": before, "file_bytes_after": data.stat().st_size}
+    return {"file_bytes_before": before, "file_bytes_after": disk_bytes(data)}
 
 
 def pages(path: str | Path) -> dict[str, dict[str, int]]:

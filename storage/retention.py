@@ -49,7 +49,7 @@ def purge_chunk(
         return _purge_plain(txn, db, cutoff=cutoff, start=start, limit=limit)
     if db not in PURGEABLE:
         raise ValueError(f"no purge for {db!r}")
-    cursor = txn.cursor(db)
+    cursor = txn.write_cursor(db)
     key, sep, item = start.partition(b"\x00")
     if sep:  # a refs walk stopped inside a user's items
         positioned = cursor.set_range_dup(key, item) or cursor.set_range(key + b"\x00")
@@ -76,7 +76,7 @@ def _purge_plain(
     txn: Txn, db: str, *, cutoff: int, start: bytes, limit: int
 ) -> tuple[bytes | None, int]:
     stamp = STAMPS[db]
-    cursor = txn.cursor(db)
+    cursor = txn.write_cursor(db)
     positioned = cursor.set_range(start) if start else cursor.first()
     deleted = 0
     for _ in range(limit):
@@ -119,7 +119,7 @@ def _purge_refs(txn: Txn, cursor: Any, cutoff: int, budget: int) -> tuple[int, i
         except KeyError:  # a channel number with no name: nothing to answer with
             ts = None
         if ts is None or ts <= cutoff:
-            txn.raw.delete(key, item, db=handle)
+            txn.raw_writes().delete(key, item, db=handle)
             deleted += 1
     return deleted, len(items), resume
 

@@ -50,6 +50,8 @@ def test_unsafe_flags_are_reported(tmp_path: Path) -> None:
     try:
         assert safe.unsafe_flags() == []
         assert fast.unsafe_flags() == ["sync", "metasync"]
+        # Dirty pages live in the map, not in heap copies LMDB keeps (storage/env.py).
+        assert safe.env.flags()["writemap"] and not safe.env.flags()["map_async"]
     finally:
         safe.close()
         fast.close()

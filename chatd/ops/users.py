@@ -69,7 +69,7 @@ def _set_password(tx: WriteTx, user_id: str, pw_hash: str) -> None:
 def _purge_tokens(tx: WriteTx, user_id: str, start: bytes, limit: int) -> tuple[bytes | None, int]:
     """Delete ``user_id``'s tokens among at most ``limit`` keys from ``start``; returns (the
     key to resume from or None at the end, tokens deleted)."""
-    cursor = tx.txn.cursor("tokens")
+    cursor = tx.txn.write_cursor("tokens")
     ok = cursor.set_range(start) if start else cursor.first()
     seen = deleted = 0
     while ok:
