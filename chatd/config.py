@@ -156,6 +156,9 @@ class StorageConfig:
     #: Allow settings that let a crash lose acknowledged writes (``sync = false``: LMDB's
     #: sync and metasync off). Without it such a config is refused at start-up.
     unsafe_fast_commit: bool = False
+    #: LMDB's writemap: dirty pages written in the map, not copied into the heap (see
+    #: docs/operations.md "Dirty pages live in the map"); false on copy-on-write file systems.
+    writemap: bool = True
     max_batch: int = 1000
     max_queue_bytes: int = 64 << 20
     sweep_interval: float = 300.0

@@ -132,6 +132,7 @@ async def serve(
             map_size=config.storage.map_size,
             max_map_size=config.storage.max_map_size,
             sync=config.storage.sync,
+            writemap=config.storage.writemap,
             max_batch=config.storage.max_batch,
             max_queue_bytes=config.storage.max_queue_bytes,
         )

@@ -286,6 +286,12 @@ class Op:
     error: BaseException | None = None
 
 
+def grow_step(size: int) -> int:
+    """How much a map of ``size`` bytes grows when full: a quarter, between 64 MiB and 1 GiB.
+    With writemap the map's disk is reserved, so this bounds the disk taken ahead of use."""
+    return min(max(size // 4, 64 << 20), 1 << 30)
+
+
 class MapFull(StorageError):
     """The batch did not fit in the map; grow it and retry."""
 
@@ -310,7 +316,7 @@ def private_dir(path: str) -> None:
 
 class Env:
     """The environment. Write ops get ``view(txn)`` (the :class:`Txn` itself if ``view`` is
-    None): the store passes its typed ``WriteTx``, built once per batch in the flat run."""
+    None): the store passes its typed ``WriteTx``, built once per run of a batch."""
 
     def __init__(
         self,
@@ -321,10 +327,13 @@ class Env:
         sync: bool,
         view: Callable[[Txn], Any] | None = None,
         max_readers: int = max_readers_for(THREAD_POOL),
+        writemap: bool = True,
     ) -> None:
         private_dir(path)
         self.max_map_size = max_map_size
         self.view = view
+        self.writemap = writemap
+        self.data_file = os.path.join(path, "data.mdb")
         try:
             self.env = lmdb.open(
                 path,
@@ -339,7 +348,8 @@ class Env:
                 # (14.8 MiB after batches of 500 messages, against 0.3 with writemap), so
                 # the heap would grow with the biggest batch a backlog ever made. Still one
                 # msync per commit (sync on), and no nested transactions (commit_batch).
-                writemap=True,
+                # The map's disk is reserved first (_reserve): see resize().
+                writemap=writemap,
                 mode=0o600,  # data.mdb and lock.mdb: tokens' digests, password hashes, bodies
             )
         except lmdb.Error as exc:
@@ -353,19 +363,31 @@ class Env:
             log.warning(
                 "LMDB unsafe flags %s: a crash may lose acknowledged writes", self.unsafe_flags()
             )
-        # Keep whatever size a previous run grew the map to.
-        self.env.set_mapsize(max(map_size, self.env.info()["map_size"]))
+        # What is in use and a quarter more (so a compacted file stays small), at least
+        # storage.map_size, reserved on disk before any write.
+        used = self.usage()[1]
+        try:
+            self.resize(max(map_size, min(used + used // 4, max_map_size)))
+        except StorageUnavailable as exc:
+            # A full disk: serve what is there. Every page in use is on disk already, and
+            # writes that need more get StorageUnavailable from grow() until there is room.
+            log.warning("%s; the map stays at the %d bytes in use", exc, used)
+            self.env.set_mapsize(used)
         found = format_of(self.env)
         if found not in (0, FORMAT):
             self.env.close()
             raise FormatMismatch(path, found)
-        with self.env.begin(write=True) as txn:
-            self.dbs = {
-                name: self.env.open_db(name.encode(), txn=txn, **DUPS.get(name, {}))
-                for name in DATABASES
-            }
-            if found == 0:
-                txn.put(b"format", str(FORMAT).encode(), db=self.dbs["meta"])
+        try:
+            with self.env.begin(write=True) as txn:
+                self.dbs = {
+                    name: self.env.open_db(name.encode(), txn=txn, **DUPS.get(name, {}))
+                    for name in DATABASES
+                }
+                if found == 0:
+                    txn.put(b"format", str(FORMAT).encode(), db=self.dbs["meta"])
+        except lmdb.MapFullError as exc:  # a new data directory on a full disk
+            self.env.close()
+            raise StorageUnavailable(f"disk full: cannot set up LMDB at {path}") from exc
         self.counters = Counters()
 
     def read(self) -> _Reading:
@@ -462,13 +484,38 @@ class Env:
         return None
 
     def grow(self) -> None:
-        """Double the map size, up to the configured maximum."""
+        """Grow the map by one step (:func:`grow_step`), up to the configured maximum."""
         size = self.env.info()["map_size"]
         if size >= self.max_map_size:
             raise StorageUnavailable(
                 f"storage full: the LMDB map is at storage.max_map_size ({self.max_map_size} bytes)"
             )
-        self.env.set_mapsize(min(size * 2, self.max_map_size))
+        self.resize(min(size + grow_step(size), self.max_map_size))
+
+    def resize(self, size: int) -> None:
+        """Make the map ``size`` bytes (never below what is in use); with writemap, reserve
+        its disk first.
+
+        With writemap a commit writes its pages through the memory map. A page in a hole of
+        the file (the part of the map never written) gets its disk block when the page is
+        first written, and on a full disk the kernel answers that with SIGBUS: the process
+        dies instead of the commit failing. So the whole map is allocated on disk
+        (``posix_fallocate``) before LMDB may write in it; a full disk then fails the
+        reservation, and the write that needed the room gets ``StorageUnavailable``.
+        """
+        if self.writemap:
+            try:
+                fd = os.open(self.data_file, os.O_RDWR)
+                try:
+                    os.posix_fallocate(fd, 0, size)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                raise StorageUnavailable(
+                    f"disk full: cannot reserve {size} bytes for the LMDB map in "
+                    f"{self.data_file}: {exc.strerror}"
+                ) from exc
+        self.env.set_mapsize(size)
 
     def usage(self) -> tuple[int, int]:
         """(map size, bytes of it in use), from the last committed transaction."""

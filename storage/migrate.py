@@ -88,7 +88,11 @@ class OfflineEnv:
         if in_use(path):
             raise InUse(f"{path} is open in another process (stop its server first)")
         upgrade(path)  # an older on-disk format is converted first (storage/upgrade.py)
-        self.env = Env(path, map_size=MAP_SIZE, max_map_size=MAX_MAP_SIZE, sync=True)
+        # Offline, the servers stopped: no heap to keep small, and no disk reserved ahead
+        # (see Env.resize), so writemap stays off here.
+        self.env = Env(
+            path, map_size=MAP_SIZE, max_map_size=MAX_MAP_SIZE, sync=True, writemap=False
+        )
 
     @property
     def databases(self) -> tuple[str, ...]:

@@ -38,6 +38,6 @@ class ReadTx(AccountReads, GroupReads, MessageReads, OutboxReads, PushReads, Rel
 class WriteTx(
     AccountWrites, GroupWrites, MessageWrites, OutboxWrites, PushWrites, RelayWrites, ReadTx
 ):
-    """Typed reads and writes of one op's (nested) write transaction."""
+    """Typed reads and writes of the write transaction an op runs in (its batch's)."""
 
     __slots__ = ()

@@ -44,13 +44,21 @@ class Store:
         map_size: int = 64 << 20,
         max_map_size: int = 1 << 40,
         sync: bool = True,
+        writemap: bool = True,
         max_batch: int = 1000,
         max_queue_bytes: int = 64 << 20,
     ) -> None:
         upgrade(path)  # an older on-disk format is converted first (storage/upgrade.py)
         # Write ops see the batch's transaction as a typed WriteTx (one per batch when it runs
         # flat): every transaction function takes one.
-        self.env = Env(path, map_size=map_size, max_map_size=max_map_size, sync=sync, view=WriteTx)
+        self.env = Env(
+            path,
+            map_size=map_size,
+            max_map_size=max_map_size,
+            sync=sync,
+            view=WriteTx,
+            writemap=writemap,
+        )
         self.committer = Committer(self.env, max_batch=max_batch, max_bytes=max_queue_bytes)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

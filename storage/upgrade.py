@@ -67,7 +67,9 @@ def _run_step(path: str, version: int) -> None:
     src = lmdb.open(path, readonly=True, max_dbs=len(DATABASES) + 8, readahead=False)
     try:
         used = (src.info()["last_pgno"] + 1) * src.stat()["psize"]
-        dst = Env(tmp, map_size=max(64 << 20, 2 * used), max_map_size=1 << 40, sync=False)
+        dst = Env(  # offline, like storage/migrate.py: writemap off
+            tmp, map_size=max(64 << 20, 2 * used), max_map_size=1 << 40, sync=False, writemap=False
+        )
         try:
             STEPS[version](src, dst)
             dst.env.sync(True)

@@ -4,6 +4,8 @@ slots run out), and the writer runs each write transaction in one thread call at
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -171,3 +173,85 @@ async def test_each_batch_runs_in_one_thread_call_one_at_a_time(tmp_path: Path) 
         if txn == next_txn:
             assert thread == next_thread
     assert store.committer.batches < 200  # they were batched
+
+
+FILL_UNTIL_FULL = """
+import json, sys, trio
+from storage import Store, StorageUnavailable
+
+async def main(path, start):
+    store = Store(path, map_size=1 << 20, sync=True)
+    out = {"committed": 0, "errors": []}
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        out["read_back"] = sum(store.account(f"u{i}") is not None for i in range(start))
+        for i in range(start, start + 10_000):
+            try:
+                await store.create_account(f"u{i}", {"pad": "x" * 3000})
+            except StorageUnavailable as exc:
+                out["errors"].append(str(exc))
+                if len(out["errors"]) == 2:  # and again: the committer lives on
+                    break
+            else:
+                out["committed"] += 1
+        store.close()
+    print(json.dumps(out))
+
+trio.run(main, sys.argv[1], int(sys.argv[2]))
+"""
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Any:
+    """A 100 MiB tmpfs (root only): a disk that fills up."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs takes root")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=100m,mode=0700", "tmpfs", str(mount)],
+        capture_output=True,
+    )
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(path: Path, start: int) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-c", FILL_UNTIL_FULL, str(path), str(start)],
+        capture_output=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    # With writemap a write into a hole of the file on a full disk is SIGBUS (-7), not an error.
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+def test_a_full_disk_fails_writes_cleanly_and_they_resume_once_there_is_room(
+    small_disk: Path,
+) -> None:
+    """The map's disk is reserved before LMDB writes in it (storage/env.py ``Env.resize``):
+    a full disk fails the write that needed room with StorageUnavailable, the process and
+    what it committed live on, a restart on the full disk serves what is there, and writes
+    resume once room is freed."""
+    filler = small_disk / "filler"
+    with open(filler, "wb") as f:
+        os.posix_fallocate(f.fileno(), 0, 80 << 20)  # 100 MiB disk: no room for a 64 MiB step
+    data = small_disk / "data"
+    first = _fill(data, 0)
+    assert first["committed"] > 50  # the first 1 MiB map's worth
+    assert len(first["errors"]) == 2 and all("disk full" in e for e in first["errors"])
+
+    again = _fill(data, first["committed"])  # restarted on the still-full disk
+    assert again["read_back"] == first["committed"]
+    assert len(again["errors"]) == 2 and all("disk full" in e for e in again["errors"])
+
+    filler.unlink()
+    room = _fill(data, first["committed"] + again["committed"])
+    assert room["read_back"] == first["committed"] + again["committed"]
+    assert room["committed"] == 10_000 and room["errors"] == []  # 30 MB

@@ -222,7 +222,12 @@ async def _offline_request(config: Config, request: dict[str, Any]) -> dict[str,
     from chatd.ops.users import GuardedAccounts, UserAdmin
     from storage import Store
 
-    store = Store(config.server.data, map_size=config.storage.map_size)
+    store = Store(
+        config.server.data,
+        map_size=config.storage.map_size,
+        max_map_size=config.storage.max_map_size,
+        writemap=config.storage.writemap,
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run)
         try:
