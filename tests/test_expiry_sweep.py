@@ -94,12 +94,15 @@ async def test_sweep_purges_expired_tokens_and_refs_past_retention(
         await store.put_token(token_digest("expired"), "alice", now_ms() - 1)
         assert store.sent_ack("alice", "old") is not None
 
-        # Two more passes than now: one may have begun before the writes above (virtual time
-        # jumps while signups hash passwords in threads), the next began after them.
-        after = server.app.sweeper.passes + 2
-        with trio.fail_after(600):
-            while server.app.sweeper.passes < after:  # noqa: ASYNC110 (virtual time)
+        # Two more refs walks than now (one an hour, sweeper.REFS_EVERY): one may have begun
+        # before the writes above (virtual time jumps while signups hash passwords in
+        # threads), the next began after them.
+        sweeper = server.app.sweeper
+        after, passes = sweeper.ref_walks + 2, sweeper.passes
+        with trio.fail_after(3 * 3600):
+            while sweeper.ref_walks < after:  # noqa: ASYNC110 (virtual time)
                 await trio.sleep(1)
+        assert sweeper.passes - passes >= 30  # tokens every minute, refs once an hour
         assert store.sent_ack("alice", "old") is None
         assert store.sent_ack("alice", "recent") is not None
         assert store.token(token_digest("expired")) is None

@@ -12,7 +12,7 @@ import trio
 import trio.testing
 
 from chatd.domain.messaging_tx import append_message
-from chatd.domain.sweeper import Sweeper
+from chatd.domain.sweeper import REFS_EVERY, Sweeper
 from storage import ReadTx, Store
 
 DAY = 86_400_000
@@ -151,5 +151,37 @@ async def test_without_retention_history_is_kept(
         await passes(sweeper, 1)
         assert len(store.channel_page(DM)) == 10 and len(store.inbox("alice", 0, 100)) == 11
         assert sweeper.purged["messages"] == 0 and sweeper.purged["refs"] == 12
+        nursery.cancel_scope.cancel()
+        store.close()
+
+
+async def test_refs_are_walked_once_an_hour(tmp_path: Path, clock: trio.testing.MockClock) -> None:
+    """Tokens every pass; refs (one lookup per ref) at most every ``REFS_EVERY``: a ref sent
+    after a walk outlives its window by at most that much."""
+    store = Store(str(tmp_path / "db"), sync=False)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        await ten_days(store)
+        sweeper = Sweeper(store, interval=300, ref_retention_hours=24, now=now)
+        nursery.start_soon(sweeper.run)
+        await passes(sweeper, 1)
+        assert sweeper.ref_walks == 1 and sweeper.purged["refs"] == 12
+        await store.write(
+            partial(
+                append_message,
+                sender="bob",
+                ref="late",
+                channel=DM,
+                members=["alice", "bob"],
+                body="two days ago",
+                ts=BASE - 2 * DAY,
+            )
+        )
+        await passes(sweeper, 2)
+        assert sweeper.ref_walks == 1 and store.sent_ack("bob", "late") is not None
+        while sweeper.ref_walks < 2:  # noqa: ASYNC110 (virtual time)
+            await trio.sleep(60)
+        assert trio.current_time() >= REFS_EVERY and sweeper.passes >= REFS_EVERY // 300
+        assert store.sent_ack("bob", "late") is None and sweeper.purged["refs"] == 13
         nursery.cancel_scope.cancel()
         store.close()

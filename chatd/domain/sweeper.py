@@ -1,8 +1,9 @@
 """The background sweep: purge expired tokens, send refs past their retention and, with
 ``storage.history_retention_days`` set, messages and inbox entries past it.
 
-Every ``storage.sweep_interval`` seconds one pass walks the ``tokens`` and ``refs``
-sub-databases (and ``messages`` and ``inboxes`` under history retention) in chunks of at most
+Every ``storage.sweep_interval`` seconds one pass walks the ``tokens`` sub-database, ``refs``
+if its last walk is :data:`REFS_EVERY` old (and ``messages`` and ``inboxes`` under history
+retention) in chunks of at most
 :data:`CHUNK` records; each chunk is one write op run by the
 committer in its thread (``Store.purge_chunk``), and the next chunk resumes from the key where
 the last one stopped. The event loop never scans: it only awaits one op per chunk, so a store
@@ -28,6 +29,11 @@ from storage import StorageUnavailable, Store
 
 log = logging.getLogger("chatd.sweeper")
 CHUNK = 1000  # records examined per write op
+#: Seconds between two walks of ``refs``. A walk reads every ref (its ts is its message's: one
+#: lookup each, ~3.4 us; bench/README.md "Soak and memory"), so with 10M refs a walk every
+#: 5 minutes would take ~11% of a core; once an hour ~1%, and a ref outlives its window by at
+#: most this much.
+REFS_EVERY = 3600.0
 
 
 class Sweeper:
@@ -46,6 +52,8 @@ class Sweeper:
         self.history_retention_ms = int(history_retention_days * 86_400_000)  # 0: forever
         self.now = now
         self.passes = 0  # completed passes
+        self.ref_walks = 0  # of which walked refs
+        self._refs_due = -float("inf")  # trio time of the next refs walk
         # records deleted since start
         self.purged = {"tokens": 0, "refs": 0, "messages": 0, "inboxes": 0}
 
@@ -64,7 +72,11 @@ class Sweeper:
     async def sweep(self) -> None:
         """One pass: tokens, refs, then (under history retention) messages and inboxes."""
         now = self.now()
-        passes = [("tokens", now), ("refs", now - self.ref_retention_ms)]
+        passes = [("tokens", now)]
+        walk_refs = trio.current_time() >= self._refs_due
+        if walk_refs:
+            self._refs_due = trio.current_time() + REFS_EVERY
+            passes.append(("refs", now - self.ref_retention_ms))
         if self.history_retention_ms:
             cutoff = now - self.history_retention_ms
             passes += [("messages", cutoff), ("inboxes", cutoff)]
@@ -77,4 +89,5 @@ class Sweeper:
             self.purged[db] += deleted
             if deleted:
                 log.info("sweep: purged %d %s", deleted, db)
+        self.ref_walks += walk_refs
         self.passes += 1
