@@ -157,7 +157,7 @@ class Txn:
 
     def channel_number(self, channel: str) -> int:
         """``channel``'s number in this environment, given one now if it has none (write
-        transactions only; undone with the op or batch that gave it)."""
+        transactions only; undone with the run of the batch that gave it)."""
         assert self._counters is not None, "numbers are given in write transactions only"
         return self._counters.intern(self, channel)  # a new number is put: dirty then
 
@@ -348,7 +348,7 @@ class Env:
                 # (14.8 MiB after batches of 500 messages, against 0.3 with writemap), so
                 # the heap would grow with the biggest batch a backlog ever made. Still one
                 # msync per commit (sync on), and no nested transactions (commit_batch).
-                # The map's disk is reserved first (_reserve): see resize().
+                # The map's disk is reserved before LMDB writes in it: see resize().
                 writemap=writemap,
                 mode=0o600,  # data.mdb and lock.mdb: tokens' digests, password hashes, bodies
             )

@@ -41,7 +41,7 @@ class Store:
         self,
         path: str,
         *,
-        map_size: int = 64 << 20,
+        map_size: int = 1 << 20,
         max_map_size: int = 1 << 40,
         sync: bool = True,
         writemap: bool = True,

@@ -33,8 +33,13 @@ def make_config(data: Path, **sections: dict[str, Any]) -> Config:
         history_rate=10_000.0,
         history_burst=10_000,
     )
+    # A 1 MiB map: with writemap the map's disk is reserved (storage/env.py Env.resize), and
+    # the suite starts hundreds of servers; a test that stores more grows it like any server.
     config = Config(
-        server=server, limits=limits, storage=StorageConfig(), security=SecurityConfig()
+        server=server,
+        limits=limits,
+        storage=StorageConfig(map_size=1 << 20),
+        security=SecurityConfig(),
     )
     for name, changes in sections.items():
         config = dataclasses.replace(

@@ -53,7 +53,7 @@ class Sweeper:
         self.now = now
         self.passes = 0  # completed passes
         self.ref_walks = 0  # of which walked refs
-        self._refs_due = -float("inf")  # trio time of the next refs walk
+        self.last_refs_walk = -float("inf")  # trio time the last refs walk began
         # records deleted since start
         self.purged = {"tokens": 0, "refs": 0, "messages": 0, "inboxes": 0}
 
@@ -73,9 +73,9 @@ class Sweeper:
         """One pass: tokens, refs, then (under history retention) messages and inboxes."""
         now = self.now()
         passes = [("tokens", now)]
-        walk_refs = trio.current_time() >= self._refs_due
+        walk_refs = trio.current_time() - self.last_refs_walk >= REFS_EVERY
         if walk_refs:
-            self._refs_due = trio.current_time() + REFS_EVERY
+            self.last_refs_walk = trio.current_time()
             passes.append(("refs", now - self.ref_retention_ms))
         if self.history_retention_ms:
             cutoff = now - self.history_retention_ms
