@@ -60,8 +60,8 @@ def stats(path: str | Path) -> dict[str, Any]:
 
 
 def disk_bytes(data: Path) -> int:
-    """The bytes of disk ``data.mdb`` takes: its allocated blocks. Its apparent size is the
-    whole map (LMDB with writemap sizes the file to the map; the unwritten part is a hole)."""
+    """The bytes of disk ``data.mdb`` takes: its allocated blocks (with writemap, the whole
+    map's: the server reserves them, ``storage.env.Env.resize``)."""
     return data.stat().st_blocks * 512
 
 

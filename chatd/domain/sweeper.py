@@ -2,9 +2,8 @@
 ``storage.history_retention_days`` set, messages and inbox entries past it.
 
 Every ``storage.sweep_interval`` seconds one pass walks the ``tokens`` sub-database, ``refs``
-if its last walk is :data:`REFS_EVERY` old (and ``messages`` and ``inboxes`` under history
-retention) in chunks of at most
-:data:`CHUNK` records; each chunk is one write op run by the
+if its last walk is :data:`REFS_EVERY` old, and ``messages`` and ``inboxes`` under history
+retention, in chunks of at most :data:`CHUNK` records; each chunk is one write op run by the
 committer in its thread (``Store.purge_chunk``), and the next chunk resumes from the key where
 the last one stopped. The event loop never scans: it only awaits one op per chunk, so a store
 with millions of refs costs many small ops interleaved with the sends, never one long one.
