@@ -141,23 +141,9 @@ async def test_a_purge_runs_in_chunks_of_at_most_limit_records(tmp_path: Path) -
         store.close()
 
 
-async def test_without_retention_history_is_kept(
+async def test_without_retention_history_is_kept_and_refs_are_walked_hourly(
     tmp_path: Path, clock: trio.testing.MockClock
 ) -> None:
-    store = Store(str(tmp_path / "db"), sync=False)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(store.run)
-        await ten_days(store)
-        sweeper = Sweeper(store, interval=300, ref_retention_hours=24, now=frozen)
-        nursery.start_soon(sweeper.run)
-        await passes(sweeper, 1)
-        assert len(store.channel_page(DM)) == 10 and len(store.inbox("alice", 0, 100)) == 11
-        assert sweeper.purged["messages"] == 0 and sweeper.purged["refs"] == 12
-        nursery.cancel_scope.cancel()
-        store.close()
-
-
-async def test_refs_are_walked_once_an_hour(tmp_path: Path, clock: trio.testing.MockClock) -> None:
     """Tokens every pass; refs (one lookup per ref) at most every ``REFS_EVERY``: a ref sent
     after a walk outlives its window by at most that much."""
     store = Store(str(tmp_path / "db"), sync=False)
@@ -167,7 +153,9 @@ async def test_refs_are_walked_once_an_hour(tmp_path: Path, clock: trio.testing.
         sweeper = Sweeper(store, interval=300, ref_retention_hours=24, now=frozen)
         nursery.start_soon(sweeper.run)
         await passes(sweeper, 1)
-        assert sweeper.ref_walks == 1 and sweeper.purged["refs"] == 12
+        assert len(store.channel_page(DM)) == 10 and len(store.inbox("alice", 0, 100)) == 11
+        assert sweeper.purged["messages"] == 0 and sweeper.purged["refs"] == 12
+        assert sweeper.ref_walks == 1
         first = sweeper.last_refs_walk
         await store.write(
             partial(
