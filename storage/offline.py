@@ -23,8 +23,15 @@ from storage.env import DATABASES
 def _open(path: str | Path) -> lmdb.Environment:
     if not (Path(path) / "data.mdb").is_file():
         raise FileNotFoundError(f"no chatd data in {path} (no data.mdb)")
+    # map_size=0: the size the writer last committed (stats' map_bytes is the server's map,
+    # not py-lmdb's 10 MiB default for this reader)
     return lmdb.open(
-        str(path), readonly=True, lock=True, max_dbs=len(DATABASES) + 8, readahead=False
+        str(path),
+        readonly=True,
+        lock=True,
+        max_dbs=len(DATABASES) + 8,
+        readahead=False,
+        map_size=0,
     )
 
 

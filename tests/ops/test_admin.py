@@ -86,6 +86,9 @@ async def test_user_commands_through_the_admin_socket(tmp_path: Path) -> None:
         counts = json.loads(st.stdout)
         assert counts["users"] == 2 and counts["messages"] == 1
         assert 0 < counts["map_used_bytes"] <= counts["map_bytes"]
+        # the server's map (reserved on disk: writemap), not the reader's own
+        assert counts["map_bytes"] == server.app.store.env.env.info()["map_size"]
+        assert counts["file_bytes"] >= counts["map_bytes"]
 
 
 async def test_user_commands_offline_hold_the_lock_or_refuse(tmp_path: Path) -> None:
