@@ -23,6 +23,7 @@ one system call (bench/README.md, "Issue 18 on a quiet machine").
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -125,24 +126,24 @@ class Outbound:
             self._write(self._encoded(frame))
 
     def _encoded(self, shared: Shared) -> bytes:
-        cache = shared.cache
-        if cache is None:
-            cache = shared.cache = {}
-        data = cache.get(self.binary)
-        if data is None:
-            data = cache[self.binary] = frames.encode(shared.frame, self.binary)
-        return data
+        return self._per_protocol(shared, frames.encode)  # type: ignore[no-any-return]
 
     def _encoded_msg(self, fields: Shared, seq: int) -> bytes:
         """The ``msg`` frame of inbox ``seq`` for a message whose fields are shared by every
         recipient: the fields are encoded once per subprotocol, the seq spliced in."""
-        cache = fields.cache
-        if cache is None:
-            cache = fields.cache = {}
-        parts = cache.get(self.binary)
-        if parts is None:
-            parts = cache[self.binary] = frames.msg_parts(fields.frame, self.binary)
+        parts = self._per_protocol(fields, frames.msg_parts)
         return frames.encode_msg(parts, seq, self.binary)
+
+    def _per_protocol(self, shared: Shared, build: Callable[[Any, bool], Any]) -> Any:
+        """``build(shared.frame, binary)`` for this connection's subprotocol, made once per
+        subprotocol and kept on ``shared`` for every other recipient."""
+        cache = shared.cache
+        if cache is None:
+            cache = shared.cache = {}
+        made = cache.get(self.binary)
+        if made is None:
+            made = cache[self.binary] = build(shared.frame, self.binary)
+        return made
 
     def _write(self, data: bytes) -> None:
         if self.dead:
